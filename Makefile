@@ -1,0 +1,29 @@
+# Set-up and entry points. `make demo` opens the quickstart notebook in JupyterLab;
+# `make test` runs the whole test suite. Both create .venv and install into it first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch and torchvision resolved together, so torchvision gets the torch build it was made for
+	$(BIN)/python -m pip install -q -e ".[test,notebook]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/jupyter lab notebooks/quickstart.ipynb
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -ra
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
