@@ -1,0 +1,48 @@
+"""Exception types: every error neuronviz raises on bad input is one of these."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+__all__ = ["NeuronvizError", "LayerNotFoundError", "CaptureError", "closest_names"]
+
+
+class NeuronvizError(ValueError):
+    """Base class of the errors raised for bad input or an unusable model."""
+
+
+class LayerNotFoundError(NeuronvizError, KeyError):
+    """A layer name does not name a module of the model."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+class CaptureError(NeuronvizError):
+    """A hooked module produced no usable output (none, not a tensor, or more than once)."""
+
+
+def closest_names(name: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    """Return up to ``n`` names among ``candidates`` that look most like ``name``.
+
+    Parameters
+    ----------
+    name : str
+        The name that was not found.
+    candidates : iterable of str
+        The valid names.
+    n : int
+        How many suggestions at most.
+
+    Returns
+    -------
+    list of str
+        Best matches first; may be empty.
+    """
+    candidates = list(candidates)
+    found = difflib.get_close_matches(name, candidates, n=n, cutoff=0.5)
+    if not found:
+        # "block10" vs "blocks.10": fall back to names sharing the longest prefix or suffix
+        found = [c for c in candidates if name and (c.startswith(name) or c.endswith(name))][:n]
+    return found

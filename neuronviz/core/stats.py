@@ -1,0 +1,128 @@
+"""Streaming, mergeable moments of many features and their co-moment with one output.
+
+Batches are merged with Chan, Golub & LeVeque's pairwise update of (count, mean, centred
+sums), in float64, so the result does not depend on how the samples were batched and the
+memory held does not grow with the number of samples.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["CoMoments"]
+
+
+class CoMoments:
+    """Running mean, variance, min/max of F features and their covariance with an output.
+
+    Parameters
+    ----------
+    n_features : int
+        Number of features (e.g. C*H*W units of a layer).
+    device : torch.device
+        Where the accumulators live (the activations' device).
+
+    Attributes
+    ----------
+    n : int
+        Samples seen.
+    mean, m2, comoment : torch.Tensor
+        (F,) float64: mean, sum of squared deviations, sum of products of deviations with
+        the output.
+    out_mean, out_m2 : torch.Tensor
+        float64 scalars: the output's mean and sum of squared deviations.
+    minimum, maximum : torch.Tensor
+        (F,) in the activations' dtype: exact extremes, used to tell constant features
+        (zero variance) from merely small ones.
+    """
+
+    def __init__(self, n_features: int, device: torch.device | str = "cpu") -> None:
+        f64 = dict(dtype=torch.float64, device=device)
+        self.n = 0
+        self.mean = torch.zeros(n_features, **f64)
+        self.m2 = torch.zeros(n_features, **f64)
+        self.comoment = torch.zeros(n_features, **f64)
+        self.out_mean = torch.zeros((), **f64)
+        self.out_m2 = torch.zeros((), **f64)
+        self.minimum = torch.full((n_features,), float("inf"), **f64)
+        self.maximum = torch.full((n_features,), float("-inf"), **f64)
+
+    @classmethod
+    def from_batch(cls, features: torch.Tensor, output: torch.Tensor) -> "CoMoments":
+        """Moments of one batch.
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            (B, F) activations, any float dtype.
+        output : torch.Tensor
+            (B,) output values.
+
+        Returns
+        -------
+        CoMoments
+        """
+        a = features.double()
+        o = output.to(device=a.device, dtype=torch.float64)
+        new = cls.__new__(cls)
+        new.n = a.shape[0]
+        new.mean = a.mean(0)
+        d = a - new.mean
+        new.m2 = torch.einsum("bf,bf->f", d, d)
+        new.out_mean = o.mean()
+        do = o - new.out_mean
+        new.out_m2 = do @ do
+        new.comoment = do @ d
+        new.minimum = a.amin(0)
+        new.maximum = a.amax(0)
+        return new
+
+    def update(self, features: torch.Tensor, output: torch.Tensor) -> None:
+        """Add a batch: ``features`` (B, F) and ``output`` (B,)."""
+        self.merge(CoMoments.from_batch(features, output))
+
+    def merge(self, other: "CoMoments") -> None:
+        """Fold the moments of another, disjoint set of samples into these (in place)."""
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.__dict__.update({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in other.__dict__.items()})
+            return
+        na, nb = self.n, other.n
+        n = na + nb
+        w = na * nb / n
+        delta = other.mean - self.mean
+        delta_o = other.out_mean - self.out_mean
+        # compute everything before assigning, so a failure leaves the state untouched
+        mean = self.mean + delta * (nb / n)
+        m2 = self.m2 + other.m2 + delta * delta * w
+        comoment = self.comoment + other.comoment + delta * (delta_o * w)
+        out_mean = self.out_mean + delta_o * (nb / n)
+        out_m2 = self.out_m2 + other.out_m2 + delta_o * delta_o * w
+        minimum = torch.minimum(self.minimum, other.minimum)
+        maximum = torch.maximum(self.maximum, other.maximum)
+        self.n, self.mean, self.m2, self.comoment = n, mean, m2, comoment
+        self.out_mean, self.out_m2, self.minimum, self.maximum = out_mean, out_m2, minimum, maximum
+
+    @property
+    def constant(self) -> torch.Tensor:
+        """(F,) bool: features whose value never changed."""
+        return self.maximum == self.minimum
+
+    def variance(self) -> torch.Tensor:
+        """(F,) population variance (ddof 0), exactly 0 for constant features."""
+        var = (self.m2 / max(self.n, 1)).clamp_min(0)
+        return torch.where(self.constant, torch.zeros_like(var), var)
+
+    def correlation(self) -> torch.Tensor:
+        """(F,) Pearson correlation with the output; NaN where either side is constant."""
+        denom = torch.sqrt(self.m2 * self.out_m2)
+        r = self.comoment / denom
+        undefined = self.constant | (self.out_m2 <= 0) | (denom <= 0)
+        return torch.where(undefined, torch.full_like(r, float("nan")), r.clamp(-1.0, 1.0))
+
+    def to(self, device: torch.device | str) -> "CoMoments":
+        """Return a copy on ``device``."""
+        new = CoMoments.__new__(CoMoments)
+        new.__dict__.update({k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
+        return new

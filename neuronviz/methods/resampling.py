@@ -1,0 +1,386 @@
+"""Neurons scored by correlation with the output and by activation precision over input resampling.
+
+Lengerich, Konam, Xing, Rosenthal & Veloso, "Towards Visual Explanations for Convolutional
+Neural Networks via Input Resampling", ICML 2017 Workshop on Visualization for Deep Learning,
+arXiv:1707.09641.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..core.batching import default_batch_size, run_batched
+from ..core.capture import ActivationCapture, resolve_layers
+from ..core.errors import NeuronvizError
+from ..core.model_state import on_device, preserved_state, resolve_device
+from ..core.perturb import Perturbation, make as make_perturbation
+from ..core.stats import CoMoments
+from ..core.targets import Target, TargetSpec, resolve_target
+from ..core.validation import check_batch, check_image, forward_checked
+
+__all__ = ["NeuronScores", "score_neurons", "overlap", "METRICS"]
+
+METRICS = ("correlation", "precision")
+
+Selection = Mapping[str, Sequence]
+
+
+@dataclass
+class NeuronScores:
+    """Correlation and precision of every neuron of the scored layers.
+
+    Attributes
+    ----------
+    correlation : dict of str to torch.Tensor
+        Per layer, (C,) mean over positions of |Pearson(activation, output)| (positions with
+        constant activation left out; NaN if all are), or (C, H, W) per unit.
+    precision : dict of str to torch.Tensor
+        Per layer, (C,) ``1 / mean over positions of Var(activation)`` (population variance),
+        ``+inf`` for a constant channel, NaN for a channel whose mean activation is under
+        ``dead_threshold``; or (C, H, W) per unit.
+    mean_activation : dict of str to torch.Tensor
+        Per layer, the mean activation over samples (and positions, unless per unit).
+    outputs : torch.Tensor
+        (N,) target value of each perturbed sample.
+    target : int or None
+        The explained class (None for a callable target).
+    output : str
+        ``"probability"``, ``"logit"`` or ``"callable"``.
+    shapes : dict of str to tuple
+        Per layer, the activation shape without the batch, e.g. (C, H, W) or (F,).
+    n_samples : int
+        Number of perturbed samples.
+    per_unit : bool
+        Whether scores are per unit (channel x position) rather than per channel.
+    perturbation : Perturbation or None
+        The perturbation used (None when ``samples`` were given).
+    seed : int
+        Seed of the perturbed set.
+    dead_threshold : float
+        Channels with a mean activation below this have NaN precision.
+    """
+
+    correlation: dict[str, torch.Tensor]
+    precision: dict[str, torch.Tensor]
+    mean_activation: dict[str, torch.Tensor]
+    outputs: torch.Tensor
+    target: int | None
+    output: str
+    shapes: dict[str, tuple[int, ...]]
+    n_samples: int
+    per_unit: bool = False
+    perturbation: Perturbation | None = None
+    seed: int = 0
+    dead_threshold: float = 0.1
+    layers: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.layers:
+            self.layers = list(self.correlation)
+
+    def metric(self, name: str) -> dict[str, torch.Tensor]:
+        """The scores of one metric, ``"correlation"`` or ``"precision"``.
+
+        Raises
+        ------
+        ValueError
+            Unknown metric name.
+        """
+        if name not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {name!r}")
+        return getattr(self, name)
+
+    def top(self, metric: str, k: int = 5) -> dict[str, list]:
+        """The ``k`` best neurons of each layer by ``metric``, best first.
+
+        NaN scores are never selected; ``+inf`` precision ranks first. Ties keep the lower
+        index first.
+
+        Parameters
+        ----------
+        metric : {"correlation", "precision"}
+            Which score.
+        k : int
+            How many per layer (fewer when a layer has fewer valid neurons).
+
+        Returns
+        -------
+        dict of str to list
+            Channel indices, or ``(c, h, w)`` tuples when scored per unit.
+        """
+        if k < 0:
+            raise ValueError(f"k must be >= 0, got {k}")
+        out: dict[str, list] = {}
+        for layer, s in self.metric(metric).items():
+            flat = s.reshape(-1)
+            valid = torch.nonzero(~torch.isnan(flat)).flatten()
+            # stable sort on -score: +inf first, ties by index
+            order = valid[torch.sort(-flat[valid], stable=True).indices][:k].tolist()
+            if self.per_unit and s.dim() > 1:
+                order = [tuple(int(v) for v in torch.unravel_index(torch.tensor(i), s.shape)) for i in order]
+            out[layer] = order
+        return out
+
+    def as_rows(self) -> list[dict]:
+        """One dict per neuron (layer, channel or unit, correlation, precision, mean activation).
+
+        Returns
+        -------
+        list of dict
+            Ready for ``csv.DictWriter`` or ``pandas.DataFrame``.
+        """
+        rows = []
+        for layer in self.layers:
+            corr = self.correlation[layer].reshape(-1).tolist()
+            prec = self.precision[layer].reshape(-1).tolist()
+            mean = self.mean_activation[layer].reshape(-1).tolist()
+            for i, (c, p, m) in enumerate(zip(corr, prec, mean)):
+                rows.append({"layer": layer, "neuron": i, "correlation": c, "precision": p, "mean_activation": m})
+        return rows
+
+    def __repr__(self) -> str:
+        layers = ", ".join(f"{l}: {self.shapes[l]}" for l in self.layers)
+        what = f"class {self.target}" if self.target is not None else "callable target"
+        return f"NeuronScores({self.n_samples} samples, {what} ({self.output}), layers {{{layers}}})"
+
+
+def overlap(a: Selection, b: Selection, kind: str = "paper") -> float:
+    """Overlap of two neuron selections, summed over layers.
+
+    Parameters
+    ----------
+    a, b : mapping of str to sequence
+        Selections as returned by :meth:`NeuronScores.top`.
+    kind : {"paper", "jaccard"}
+        ``"paper"``: ``sum |A ∩ B| / sum (|A| + |B|)`` (maximum 0.5, the input-resampling
+        paper's measure); ``"jaccard"``: ``sum |A ∩ B| / sum |A ∪ B|`` (maximum 1).
+
+    Returns
+    -------
+    float
+        NaN when both selections are empty.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``kind`` or selections over different layers.
+    """
+    if kind not in ("paper", "jaccard"):
+        raise ValueError(f"kind must be 'paper' or 'jaccard', got {kind!r}")
+    if set(a) != set(b):
+        raise ValueError(f"the selections cover different layers: {sorted(a)} vs {sorted(b)}")
+    inter = denom = 0
+    for layer in a:
+        sa, sb = {_hashable(v) for v in a[layer]}, {_hashable(v) for v in b[layer]}
+        inter += len(sa & sb)
+        denom += len(sa) + len(sb) if kind == "paper" else len(sa | sb)
+    return inter / denom if denom else math.nan
+
+
+def _hashable(v: object) -> object:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _as_features(act: torch.Tensor) -> torch.Tensor:
+    """(B, C, ...) -> (B, C * positions); a (B, F) layer is F channels of one position."""
+    return act.reshape(act.shape[0], -1)
+
+
+def _finalise(
+    moments: CoMoments, shape: tuple[int, ...], per_unit: bool, dead_threshold: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The spec's formulas from the accumulated moments: correlation, precision, mean activation."""
+    c = shape[0]
+    corr_unit = moments.correlation().abs().view(c, -1)
+    var_unit = moments.variance().view(c, -1)
+    mean_unit = moments.mean.view(c, -1)
+    if per_unit:
+        corr, var, mean = corr_unit, var_unit, mean_unit
+        view = shape if len(shape) > 1 else (c,)
+    else:
+        corr = torch.nanmean(corr_unit, dim=1)  # NaN when every position is constant
+        var, mean = var_unit.mean(1), mean_unit.mean(1)
+        view = (c,)
+    with torch.no_grad():
+        precision = torch.where(var > 0, 1.0 / var, torch.full_like(var, math.inf))
+        precision = torch.where(mean < dead_threshold, torch.full_like(precision, math.nan), precision)
+    return corr.reshape(view).cpu(), precision.reshape(view).cpu(), mean.reshape(view).cpu()
+
+
+def score_neurons(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: str | Sequence[str],
+    *,
+    target: TargetSpec = None,
+    output: str = "probability",
+    n_samples: int = 50,
+    perturbation: Perturbation | str | None = None,
+    samples: torch.Tensor | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    per_unit: bool = False,
+    dead_threshold: float = 0.1,
+    progress: Callable[[int, int], None] | None = None,
+) -> NeuronScores:
+    """Score every neuron of ``layers`` by correlation with the output and by precision.
+
+    The image is perturbed ``n_samples`` times (by default the input-resampling paper's
+    multiplicative Gaussian scheme), the copies are run through the model in batches with
+    the layers recorded, and per-unit moments are accumulated batch by batch in float64:
+    memory does not grow with ``n_samples``. Then, per channel k,
+    ``correlation_k = mean over positions of |Pearson_i(a_k(h, w, i), o_i)|`` (positions of
+    constant activation left out) and
+    ``precision_k = 1 / mean over positions of Var_i(a_k(h, w, i))`` (ddof 0).
+
+    The model runs in eval mode under ``torch.no_grad()``; its modes, ``requires_grad``
+    flags, device and hooks are as before when this returns or raises.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    x : torch.Tensor
+        The image, (1, C, H, W) or (C, H, W), normalised as the model expects.
+    layers : str or sequence of str
+        Layer names (see :func:`neuronviz.layer_summary`).
+    target : None, int or callable
+        ``None``: the class predicted on ``x``; an int: that class; a callable: maps the
+        model output (N, ...) to (N,) values (``output`` is then ignored).
+    output : {"probability", "logit"}
+        The softmax probability of the class (the paper's) or its logit.
+    n_samples : int
+        Number of perturbed copies (at least 3).
+    perturbation : Perturbation, str or None
+        A :mod:`neuronviz.perturb` object or kind name; None is
+        ``MultiplicativeGaussian(sigma_step=0.1)``.
+    samples : torch.Tensor, optional
+        (N, C, H, W) images to use instead of generated copies (your own perturbations or
+        a small data set); ``n_samples`` and ``perturbation`` are then ignored.
+    seed : int
+        Seed of the perturbed set; copy i depends only on (seed, i).
+    batch_size : int, optional
+        Images per forward pass; automatic when None, halved on out-of-memory.
+    device : str or torch.device, optional
+        Where to compute; None is the model's device. A model elsewhere is moved there for
+        the call and moved back.
+    per_unit : bool
+        Score every unit (channel x position) instead of every channel.
+    dead_threshold : float
+        Channels (units) whose mean activation is below this get NaN precision.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each batch.
+
+    Returns
+    -------
+    NeuronScores
+
+    Raises
+    ------
+    NeuronvizError
+        Bad image or samples, ``n_samples < 3``, unknown layer (closest names suggested),
+        a layer that produced no output, a target out of range, a model output that is not
+        (N, classes) without a callable target, input the model refuses.
+    """
+    modules = resolve_layers(model, layers)
+    names = list(modules)
+    dev = resolve_device(model, device)
+    x = check_image(x, model)
+    if samples is not None:
+        samples = check_batch(samples, model, what="samples", min_n=3)
+        n_total = samples.shape[0]
+        pert = None
+    else:
+        if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 3:
+            raise NeuronvizError(f"n_samples must be an integer >= 3 (a variance needs several copies), got {n_samples!r}")
+        n_total = n_samples
+        pert = make_perturbation(perturbation)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise NeuronvizError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    if not isinstance(dead_threshold, (int, float)) or math.isnan(dead_threshold):
+        raise NeuronvizError(f"dead_threshold must be a number, got {dead_threshold!r}")
+
+    with preserved_state(model), on_device(model, dev), torch.no_grad():
+        model.eval()
+        x = x.to(dev)
+        moments: dict[str, CoMoments] = {}
+        shapes: dict[str, tuple[int, ...]] = {}
+        outputs = torch.empty(n_total, dtype=torch.float64)
+        state: dict[str, Target] = {}
+
+        def get_target(first_out: object) -> Target:
+            if "t" not in state:
+                if pert is not None and pert.first_is_original and isinstance(first_out, torch.Tensor):
+                    # copy 0 is x itself: its output is the clean prediction, no extra forward
+                    predict = lambda: first_out[:1]  # noqa: E731
+                else:
+                    predict = lambda: forward_checked(model, x)  # noqa: E731
+                state["t"] = resolve_target(target, output, predict=predict)
+            return state["t"]
+
+        with ActivationCapture(model, names) as rec:
+
+            def step(r: range) -> None:
+                if samples is not None:
+                    batch = samples[r.start : r.stop].to(dev)
+                else:
+                    batch = pert.sample(x, r, seed=seed)
+                out = forward_checked(model, batch)
+                acts = rec.outputs()
+                tgt = get_target(out) if r.start == 0 else state["t"]
+                o = tgt(out).double()
+                if not torch.isfinite(o).all():
+                    raise NeuronvizError("the target gave NaN or infinite values on the perturbed samples")
+                updates = {}
+                for name in names:
+                    a = acts[name]
+                    if name not in shapes:
+                        if a.dim() < 2:
+                            raise NeuronvizError(
+                                f"layer {name!r} gives a {a.dim()}-D output per batch; a layer with a channel "
+                                "dimension, (N, C, ...) or (N, F), is needed"
+                            )
+                        shapes[name] = tuple(a.shape[1:])
+                    updates[name] = CoMoments.from_batch(_as_features(a), o)
+                rec.clear()
+                for name, m in updates.items():  # commit only once the whole batch succeeded
+                    moments.setdefault(name, CoMoments(m.mean.numel(), m.mean.device)).merge(m)
+                outputs[r.start : r.stop] = o.cpu()
+
+            run_batched(n_total, batch_size or default_batch_size(dev), step, on_progress=progress)
+
+        tgt = state["t"]
+        if float(outputs.var()) == 0.0:
+            warnings.warn(
+                "the target value is the same on every perturbed sample, so every correlation is NaN; "
+                "use output='logit', a stronger perturbation, or another target",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        corr, prec, mean = {}, {}, {}
+        for name in names:
+            corr[name], prec[name], mean[name] = _finalise(moments[name], shapes[name], per_unit, dead_threshold)
+        del moments
+
+    return NeuronScores(
+        correlation=corr,
+        precision=prec,
+        mean_activation=mean,
+        outputs=outputs,
+        target=tgt.class_index,
+        output=tgt.output,
+        shapes=shapes,
+        n_samples=n_total,
+        per_unit=per_unit,
+        perturbation=pert,
+        seed=seed,
+        dead_threshold=float(dead_threshold),
+        layers=names,
+    )
