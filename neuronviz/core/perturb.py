@@ -174,7 +174,7 @@ class Occlusion(Perturbation):
 
 @dataclass
 class GaussianBlur(Perturbation):
-    """Gaussian blur of a random width drawn uniformly from ``[0, sigma_max]`` pixels per copy.
+    """Gaussian blur of a random width drawn uniformly from ``[sigma_min, sigma_max]`` pixels per copy.
 
     Copy 0 is the unperturbed image.
 
@@ -182,19 +182,23 @@ class GaussianBlur(Perturbation):
     ----------
     sigma_max : float
         Largest blur standard deviation, in pixels.
+    sigma_min : float
+        Smallest blur standard deviation, in pixels.
     """
 
     sigma_max: float = 4.0
+    sigma_min: float = 0.5
     first_is_original = True
 
     def __post_init__(self) -> None:
-        if not self.sigma_max >= 0:
-            raise ValueError(f"sigma_max must be >= 0, got {self.sigma_max}")
+        if not 0 <= self.sigma_min <= self.sigma_max:
+            raise ValueError(f"need 0 <= sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
 
     def perturb_one(self, x: torch.Tensor, index: int, generator: torch.Generator) -> torch.Tensor:
         if index == 0:
             return x
-        sigma = float(torch.rand((), generator=generator, device=x.device)) * self.sigma_max
+        u = float(torch.rand((), generator=generator, device=x.device))
+        sigma = self.sigma_min + u * (self.sigma_max - self.sigma_min)
         return gaussian_blur(x, sigma)
 
     @property

@@ -1,0 +1,142 @@
+"""ActivationCapture and layer_summary: what is recorded, and that hooks never outlive the call."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import neuronviz as nv
+from neuronviz.core.capture import ActivationCapture
+from neuronviz.core.errors import CaptureError, LayerNotFoundError
+from conftest import tiny_cnn
+
+
+def _no_hooks(model: nn.Module) -> bool:
+    return all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_recorded_output_equals_the_modules_output(cnn):
+    x = torch.randn(2, 3, 12, 12)
+    cnn.eval()
+    with nv.capture(cnn, ["conv1", "relu2"]) as rec:
+        cnn(x)
+    expected = cnn.relu2(cnn.bn2(cnn.conv2(cnn.relu1(cnn.conv1(x)))))
+    assert torch.equal(rec["conv1"], cnn.conv1(x).detach())
+    assert torch.allclose(rec["relu2"], expected)
+    assert _no_hooks(cnn)
+
+
+def test_later_inplace_op_does_not_change_the_recording():
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+    net = nn.Sequential(conv, nn.ReLU(inplace=True))
+    x = torch.ones(1, 1, 2, 2)
+    with nv.capture(net, "0") as rec:
+        net(x)
+    # the ReLU zeroed channel 1 in place after the hook ran; the copy keeps -1
+    assert rec["0"][0, 1].eq(-1).all()
+
+
+def test_module_running_twice_in_one_forward_is_an_error():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.block(self.block(x))
+
+    net = Twice()
+    with pytest.raises(CaptureError, match="more than once"):
+        with nv.capture(net, "block"):
+            net(torch.randn(1, 3, 4, 4))
+    assert _no_hooks(net)
+
+
+def test_repeated_forward_passes_each_start_a_fresh_recording(cnn):
+    cnn.eval()
+    with nv.capture(cnn, "conv1") as rec:
+        cnn(torch.zeros(1, 3, 8, 8))
+        first = rec["conv1"]
+        cnn(torch.ones(1, 3, 8, 8))
+        second = rec["conv1"]
+    assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_hooks_are_removed_when_the_block_raises(cnn, exc):
+    with pytest.raises(type(exc)):
+        with nv.capture(cnn, ["conv1", "fc"]):
+            cnn(torch.randn(1, 3, 8, 8))
+            raise exc
+    assert _no_hooks(cnn)
+
+
+def test_hooks_are_removed_when_the_forward_raises_half_way():
+    class Breaks(nn.Module):
+        def forward(self, x):
+            raise KeyboardInterrupt
+
+    net = nn.Sequential(nn.Conv2d(3, 3, 1), Breaks())
+    with pytest.raises(KeyboardInterrupt):
+        with nv.capture(net, "0"):
+            net(torch.randn(1, 3, 4, 4))
+    assert _no_hooks(net)
+
+
+def test_unknown_layer_fails_before_any_forward_and_suggests_close_names(cnn):
+    calls = []
+    cnn.register_forward_pre_hook(lambda m, a: calls.append(1))
+    with pytest.raises(LayerNotFoundError, match=r"'conv2'.*'conv1'|'conv1'.*'conv2'"):
+        ActivationCapture(cnn, ["conv1", "conv3"])
+    assert calls == []
+
+
+def test_unknown_layer_error_is_a_value_error_with_a_readable_message(cnn):
+    with pytest.raises(ValueError) as info:
+        nv.capture(cnn, "relu_2")
+    assert "relu2" in str(info.value) and "layer_summary" in str(info.value)
+    assert not str(info.value).startswith('"')
+
+
+def test_layer_that_does_not_run_is_reported():
+    class Skips(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Conv2d(3, 3, 1)
+            self.unused = nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            return self.used(x)
+
+    net = Skips()
+    with nv.capture(net, ["used", "unused"]) as rec:
+        net(torch.randn(1, 3, 4, 4))
+        with pytest.raises(CaptureError, match="unused.*no output"):
+            rec.outputs()
+
+
+def test_non_tensor_output_is_refused():
+    class Pair(nn.Module):
+        def forward(self, x):
+            return x, x
+
+    net = nn.Sequential(Pair())
+    with pytest.raises(CaptureError, match="tuple"):
+        with nv.capture(net, "0"):
+            net(torch.randn(1, 3, 2, 2))
+
+
+def test_layer_summary_lists_shapes_in_forward_order_and_restores_mode():
+    net = tiny_cnn()
+    assert net.training
+    rows = nv.layer_summary(net, torch.randn(1, 3, 16, 16))
+    assert rows.names() == ["conv1", "relu1", "conv2", "bn2", "relu2", "drop", "pool", "flat", "fc"]
+    shapes = {r.name: r.shape for r in rows}
+    assert shapes["conv2"] == (4, 8, 8) and shapes["fc"] == (5,)
+    assert rows[0].type == "Conv2d" and rows[2].positions == 64
+    assert "conv2" in str(rows)
+    assert net.training and all(m.training for m in net.modules())
+    assert _no_hooks(net)
