@@ -62,19 +62,25 @@ class CoMoments:
         -------
         CoMoments
         """
-        a = features.double()
+        # Within a batch, deviations from the batch mean are small and well conditioned, so
+        # they are summed in the activations' own precision (float32 at least); only the
+        # merges across batches, where means can differ a lot, need float64.
+        a = features if features.dtype in (torch.float32, torch.float64) else features.float()
+        # the output may vary little around a large value (a probability near 0.2): centre it in float64
         o = output.to(device=a.device, dtype=torch.float64)
         new = cls.__new__(cls)
         new.n = a.shape[0]
-        new.mean = a.mean(0)
-        d = a - new.mean
-        new.m2 = torch.einsum("bf,bf->f", d, d)
+        shift = a.mean(0)  # rounded: the residual mean of d corrects for it below
+        d = a - shift  # correctly rounded: its error is relative to d, not to a
+        dbar = d.mean(0).double()
         new.out_mean = o.mean()
         do = o - new.out_mean
         new.out_m2 = do @ do
-        new.comoment = do @ d
-        new.minimum = a.amin(0)
-        new.maximum = a.amax(0)
+        new.mean = shift.double() + dbar
+        new.m2 = torch.einsum("bf,bf->f", d, d).double() - new.n * dbar * dbar
+        new.comoment = (do.to(a.dtype) @ d).double()
+        new.minimum = a.amin(0).double()
+        new.maximum = a.amax(0).double()
         return new
 
     def update(self, features: torch.Tensor, output: torch.Tensor) -> None:

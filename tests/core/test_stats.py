@@ -50,5 +50,15 @@ def test_merging_two_accumulators_equals_streaming_all():
     left, right = _streamed(a[:12], o[:12], [5]), _streamed(a[12:], o[12:], [])
     left.merge(right)
     whole = _streamed(a, o, [])
-    for name in ("mean", "m2", "comoment", "minimum", "maximum"):
-        assert torch.allclose(getattr(left, name), getattr(whole, name), rtol=1e-12, atol=1e-12)
+    for name in ("mean", "m2", "comoment", "minimum", "maximum"):  # batches are summed in float32
+        assert torch.allclose(getattr(left, name), getattr(whole, name), rtol=1e-6, atol=1e-6)
+
+
+def test_float32_batches_with_a_large_offset_keep_their_small_variance():
+    rng = np.random.default_rng(1)
+    a32 = (1000.0 + rng.normal(0, 0.01, size=(64, 5))).astype(np.float32)
+    o = rng.normal(size=64)
+    m = _streamed(torch.from_numpy(a32), torch.from_numpy(o), [32])
+    a = a32.astype(np.float64)
+    np.testing.assert_allclose(m.variance().numpy(), a.var(0), rtol=1e-4)
+    np.testing.assert_allclose(m.mean.numpy(), a.mean(0), rtol=1e-9)
