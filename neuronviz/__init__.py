@@ -7,7 +7,9 @@ copies of an image (input resampling), rank channels by PCACE, and draw it all i
 from .core import perturb
 from .core.capture import ActivationCapture, capture, layer_summary
 from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError
+from .data import deprocess, imagenet_categories, preprocess, sample_image, sample_image_names
 from .methods.resampling import NeuronScores, overlap, score_neurons
+from .models import default_model
 
 __version__ = "0.1.0"
 
@@ -18,8 +20,14 @@ __all__ = [
     "NeuronScores",
     "NeuronvizError",
     "capture",
+    "default_model",
+    "deprocess",
+    "imagenet_categories",
     "layer_summary",
     "overlap",
     "perturb",
+    "preprocess",
+    "sample_image",
+    "sample_image_names",
     "score_neurons",
 ]
