@@ -1,0 +1,26 @@
+"""Every notebook in notebooks/ runs top to bottom on the CPU without an error output."""
+
+from __future__ import annotations
+
+import pathlib
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_runs_without_errors(path, monkeypatch):
+    nb = nbformat.read(path, as_version=4)
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # as in Jupyter
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
+    assert not errors, "\n".join(f"{e.ename}: {e.evalue}" for e in errors)
+    assert any(cell.outputs for cell in nb.cells if cell.cell_type == "code")
+
+
+def test_there_is_a_quickstart_notebook():
+    assert "quickstart.ipynb" in [p.name for p in NOTEBOOKS]
