@@ -24,6 +24,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def models(device: torch.device) -> dict:
     import torchvision
 
@@ -71,7 +82,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     device = torch.device(args.device)
-    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     print(f"# machine: {machine}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     results = {}
     for name, (model, x, layers) in models(device).items():
