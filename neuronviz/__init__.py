@@ -10,6 +10,7 @@ from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError
 from .data import deprocess, imagenet_categories, preprocess, sample_image, sample_image_names
 from .methods.resampling import NeuronScores, overlap, score_neurons
 from .models import default_model
+from .render import render_scores
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "overlap",
     "perturb",
     "preprocess",
+    "render_scores",
     "sample_image",
     "sample_image_names",
     "score_neurons",

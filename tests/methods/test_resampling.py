@@ -244,8 +244,9 @@ def test_out_of_memory_halves_the_batch_and_gives_the_same_scores():
             return self.net(x)
 
     model, x = Small(), torch.rand(1, 3, 12, 12)
-    with pytest.warns(RuntimeWarning, match="batch_size=4"):
+    with pytest.warns(RuntimeWarning, match="retrying with batch_size") as caught:
         backed_off = nv.score_neurons(model, x, "net.conv2", n_samples=20, batch_size=16)
+    assert [str(w.message)[-12:] for w in caught] == ["batch_size=8", "batch_size=4"]
     direct = nv.score_neurons(model, x, "net.conv2", n_samples=20, batch_size=4)
     assert torch.allclose(backed_off.precision["net.conv2"], direct.precision["net.conv2"], equal_nan=True)
 
