@@ -221,12 +221,12 @@ class LayerSummary(list):
         p.text(str(self))
 
 
-def layer_summary(model: nn.Module, x: torch.Tensor) -> LayerSummary:
+def layer_summary(model: nn.Module, x: torch.Tensor, *, max_depth: int | None = None) -> LayerSummary:
     """List the layers that can be scored, with their type and output shape.
 
     Runs one forward pass of ``x`` (first image only) in eval mode without gradients;
     the model's mode is restored. A layer is listed when it returns a single tensor of
-    at least 2 dimensions, in the order the layers run.
+    at least 2 dimensions and runs once per forward pass, in the order the layers finish.
 
     Parameters
     ----------
@@ -234,6 +234,9 @@ def layer_summary(model: nn.Module, x: torch.Tensor) -> LayerSummary:
         The network.
     x : torch.Tensor
         An input batch as the model takes it, e.g. (1, 3, 224, 224).
+    max_depth : int, optional
+        List only names with at most this many dotted parts (``max_depth=2`` keeps
+        ``blocks.10`` and drops ``blocks.10.depthwise``), to see a deep network's outline.
 
     Returns
     -------
@@ -271,6 +274,8 @@ def layer_summary(model: nn.Module, x: torch.Tensor) -> LayerSummary:
     for name, module, out in seen:
         if name + "\0twice" in called:
             continue  # runs more than once per forward: not capturable
+        if max_depth is not None and name.count(".") + 1 > max_depth:
+            continue
         shape = tuple(out.shape[1:])
         rows.append(
             LayerInfo(

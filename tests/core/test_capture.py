@@ -140,3 +140,25 @@ def test_layer_summary_lists_shapes_in_forward_order_and_restores_mode():
     assert "conv2" in str(rows)
     assert net.training and all(m.training for m in net.modules())
     assert _no_hooks(net)
+
+
+def test_layer_summary_max_depth_keeps_the_outline_only():
+    net = nn.Sequential()
+    net.add_module("block", nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU()))
+    net.add_module("head", nn.Flatten())
+    x = torch.randn(1, 3, 4, 4)
+    assert nv.layer_summary(net, x).names() == ["block.0", "block.1", "block", "head"]
+    assert nv.layer_summary(net, x, max_depth=1).names() == ["block", "head"]
+
+
+def test_layer_summary_leaves_out_modules_that_run_twice():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = nn.Conv2d(3, 3, 1)
+            self.last = nn.Conv2d(3, 1, 1)
+
+        def forward(self, x):
+            return self.last(self.shared(self.shared(x)))
+
+    assert nv.layer_summary(Twice(), torch.randn(1, 3, 4, 4)).names() == ["last"]
