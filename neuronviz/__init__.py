@@ -7,6 +7,7 @@ copies of an image (input resampling), rank channels by PCACE, and draw it all i
 from .core import perturb
 from .core.capture import ActivationCapture, capture, layer_summary
 from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError
+from .core.targets import top_predictions
 from .data import deprocess, imagenet_categories, preprocess, sample_image, sample_image_names
 from .methods.resampling import NeuronScores, overlap, score_neurons
 from .models import default_model
@@ -32,4 +33,5 @@ __all__ = [
     "sample_image",
     "sample_image_names",
     "score_neurons",
+    "top_predictions",
 ]

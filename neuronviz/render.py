@@ -6,6 +6,7 @@ Everything is drawn on :class:`matplotlib.figure.Figure` objects created here, n
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 from typing import Sequence
@@ -24,7 +25,7 @@ from .core.model_state import model_device, preserved_state
 from .core.validation import check_image, forward_checked
 from .methods.resampling import NeuronScores, overlap
 
-__all__ = ["activation_maps", "upsample_map", "render_scores", "class_label", "SAVE_FORMATS"]
+__all__ = ["activation_maps", "upsample_map", "render_scores", "class_label", "StaticFigure", "SAVE_FORMATS"]
 
 SAVE_FORMATS = (".png", ".svg", ".pdf")
 
@@ -36,6 +37,19 @@ _TOP_C = {"s": 60, "marker": "o", "facecolor": None, "edgecolor": "black", "line
 _TOP_P = {"s": 55, "marker": "D", "facecolor": None, "edgecolor": "black", "linewidths": 1.2, "zorder": 5}
 _BOTH = {"s": 190, "marker": "o", "facecolor": "none", "edgecolor": _BOTH_COLOUR, "linewidths": 2.0, "zorder": 6}
 _FS = {"cell": 9, "label": 10, "head": 11, "title": 13}
+
+
+class StaticFigure(Figure):
+    """A matplotlib figure that shows itself as a PNG in Jupyter without ``pyplot``.
+
+    Figures made outside ``pyplot`` have no inline-backend formatter, so a notebook would
+    print ``<Figure ...>``; this adds the standard IPython hook.
+    """
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", dpi=min(self.dpi, 100), bbox_inches="tight")
+        return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -447,7 +461,7 @@ def render_scores(
     cell = 1.4
     grid_w, height = k * cell + 0.5, max(3.8, n_rows * (cell + 0.45) + 1.3)
     widths = [2.6, grid_w, grid_w, 5.6]
-    fig = Figure(figsize=(sum(widths), height), dpi=dpi, layout="constrained")
+    fig = StaticFigure(figsize=(sum(widths), height), dpi=dpi, layout="constrained")
     sf_img, sf_corr, sf_prec, sf_sc = fig.subfigures(1, 4, width_ratios=widths, wspace=0.01)
 
     _draw_image(sf_img, img)

@@ -19,7 +19,10 @@ def test_notebook_runs_without_errors(path, monkeypatch):
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
     assert not errors, "\n".join(f"{e.ename}: {e.evalue}" for e in errors)
-    assert any(cell.outputs for cell in nb.cells if cell.cell_type == "code")
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook shows no figure"
+    warnings = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr" and "Warning" in o.text]
+    assert not warnings, warnings
 
 
 def test_there_is_a_quickstart_notebook():

@@ -298,3 +298,11 @@ def test_activation_maps_are_chw_cpu_tensors_of_the_eval_forward():
 def test_activation_maps_unknown_layer_suggests_close_names():
     with pytest.raises(nv.LayerNotFoundError, match="conv1"):
         activation_maps(tiny_cnn(), torch.rand(1, 3, 8, 8), "conv_1")
+
+
+def test_rendered_figure_shows_itself_as_png_without_pyplot():
+    from neuronviz.render import StaticFigure
+
+    fig = StaticFigure(figsize=(2, 1))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    assert fig._repr_png_().startswith(b"\x89PNG")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Callable, Sequence, Union
 
 import torch
 
 from .errors import NeuronvizError
 
-__all__ = ["Target", "TargetSpec", "resolve_target", "check_class_output"]
+__all__ = ["Target", "TargetSpec", "resolve_target", "check_class_output", "top_predictions"]
 
 TargetSpec = Union[None, int, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -127,3 +127,44 @@ def resolve_target(
         def fn(out: torch.Tensor) -> torch.Tensor:
             return check_class_output(out)[:, c].double()
     return Target(c, output, fn)
+
+
+def top_predictions(
+    model: "torch.nn.Module", x: torch.Tensor, k: int = 5, categories: Sequence[str] | None = None
+) -> list[tuple[int, str, float]]:
+    """The model's ``k`` most probable classes on one image.
+
+    One forward pass in eval mode without gradients; the model's modes are restored.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier returning (N, classes) scores.
+    x : torch.Tensor
+        The image, (1, C, H, W) or (C, H, W).
+    k : int
+        How many classes.
+    categories : sequence of str, optional
+        Class names, index-aligned (e.g. ``nv.imagenet_categories()``); "class i" otherwise.
+
+    Returns
+    -------
+    list of (int, str, float)
+        ``(class index, name, softmax probability)``, most probable first.
+
+    Raises
+    ------
+    NeuronvizError
+        Bad image, or an output that is not (N, classes).
+    """
+    from .model_state import model_device, preserved_state
+    from .validation import check_image, forward_checked
+
+    x = check_image(x, model).to(model_device(model))
+    with preserved_state(model), torch.no_grad():
+        model.eval()
+        out = check_class_output(forward_checked(model, x))
+    probs = torch.softmax(out[0].double(), dim=0)
+    values, indices = probs.topk(min(k, probs.numel()))
+    names = categories if categories is not None else [f"class {i}" for i in range(probs.numel())]
+    return [(int(i), str(names[int(i)]), float(p)) for p, i in zip(values, indices)]

@@ -35,3 +35,12 @@ def test_layer_name_typo_on_the_default_model_suggests_the_real_name(model):
     x = nv.preprocess(nv.sample_image("coffee"))
     with pytest.raises(nv.LayerNotFoundError, match="'blocks.10'"):
         nv.score_neurons(model, x, ["block.10"])
+
+
+@pytest.mark.slow
+def test_top_predictions_name_the_classes_and_leave_the_model_as_it_was(model, snapshot):
+    snap = snapshot(model)
+    top = nv.top_predictions(model, nv.preprocess(nv.sample_image("coffee")), k=3, categories=nv.imagenet_categories())
+    snap.assert_unchanged()
+    assert top[0][:2] == (967, "espresso")
+    assert len(top) == 3 and top[0][2] >= top[1][2] >= top[2][2] > 0
