@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# root (containers, CI machines) must be allowed explicitly by JupyterLab
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 demo: $(STAMP)
-	$(BIN)/jupyter lab notebooks/quickstart.ipynb
+	$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/quickstart.ipynb
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -ra
