@@ -8,9 +8,9 @@ from .core import perturb
 from .core.capture import ActivationCapture, capture, layer_summary
 from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError
 from .core.targets import top_predictions
-from .data import deprocess, imagenet_categories, preprocess, sample_image, sample_image_names
+from .data import deprocess, imagenet_categories, load_digits, preprocess, sample_image, sample_image_names
 from .methods.resampling import NeuronScores, overlap, score_neurons
-from .models import default_model
+from .models import default_model, digits_model
 from .render import render_scores
 
 __version__ = "0.1.0"
@@ -23,9 +23,11 @@ __all__ = [
     "NeuronvizError",
     "capture",
     "default_model",
+    "digits_model",
     "deprocess",
     "imagenet_categories",
     "layer_summary",
+    "load_digits",
     "overlap",
     "perturb",
     "preprocess",

@@ -22,6 +22,7 @@ __all__ = [
     "STD",
     "deprocess",
     "imagenet_categories",
+    "load_digits",
     "preprocess",
     "sample_image",
     "sample_image_names",
@@ -263,3 +264,44 @@ def deprocess(x: torch.Tensor) -> np.ndarray:
     mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(STD, dtype=torch.float32).view(3, 1, 1)
     return (x * std + mean).clamp_(0.0, 1.0).permute(1, 2, 0).numpy().copy()
+
+
+#: Fraction of the digits held out for testing, and the seed of the split.
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+
+
+def load_digits(split: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
+    """The UCI handwritten digits (1,797 real 8x8 images, as bundled with scikit-learn).
+
+    Parameters
+    ----------
+    split : {"all", "train", "test"}
+        The whole set, or one side of a fixed random split (20 % test, seed 0) — the split
+        the bundled digits CNN was trained and evaluated on.
+
+    Returns
+    -------
+    images : torch.Tensor
+        (N, 1, 8, 8) float32 in [0, 1] (the raw 0..16 counts divided by 16).
+    labels : torch.Tensor
+        (N,) int64 digit labels.
+
+    Raises
+    ------
+    NeuronvizError
+        Unknown ``split``.
+    """
+    if split not in ("all", "train", "test"):
+        raise NeuronvizError(f"split must be 'all', 'train' or 'test', got {split!r}")
+    with resources.files(__name__).joinpath("digits.npz").open("rb") as f:
+        data = np.load(f)
+        images, labels = data["images"], data["labels"]
+    x = torch.from_numpy(images.astype(np.float32) / 16.0).unsqueeze(1)
+    y = torch.from_numpy(labels.astype(np.int64))
+    if split == "all":
+        return x, y
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(DIGITS_SPLIT_SEED))
+    n_test = int(round(DIGITS_TEST_FRACTION * len(y)))
+    idx = order[:n_test] if split == "test" else order[n_test:]
+    return x[idx], y[idx]
