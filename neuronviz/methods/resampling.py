@@ -367,7 +367,7 @@ def score_neurons(
         corr, prec, mean = {}, {}, {}
         for name in names:
             corr[name], prec[name], mean[name] = _finalise(moments[name], shapes[name], per_unit, dead_threshold)
-        del moments
+        moments.clear()  # free the accumulators before returning
 
     return NeuronScores(
         correlation=corr,

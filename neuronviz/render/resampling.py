@@ -1,33 +1,23 @@
-"""Static figures of neuron scores: the input-resampling paper's correlation-vs-precision comparison.
-
-Everything is drawn on :class:`matplotlib.figure.Figure` objects created here, never through
-``pyplot``'s global state, so rendering works headless and from several threads at once.
-"""
+"""The input-resampling paper's figure: neurons chosen by correlation against those chosen by precision."""
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 from torch import nn
 
-from .core.capture import ActivationCapture, resolve_layers
-from .core.model_state import model_device, preserved_state
-from .core.validation import check_image, forward_checked
-from .methods.resampling import NeuronScores, overlap
+from ..methods.resampling import NeuronScores, overlap
+from .figure import FONT_SIZES as _FS, StaticFigure, check_display_image, check_path, class_label, save
+from .maps import forward_maps, upsample_map
 
-__all__ = ["activation_maps", "upsample_map", "render_scores", "class_label", "StaticFigure", "SAVE_FORMATS"]
-
-SAVE_FORMATS = (".png", ".svg", ".pdf")
+__all__ = ["render_scores"]
 
 _OVERLAY_CMAP = "jet"
 _BOTH_COLOUR = "#e6194b"  # frame of neurons both metrics select
@@ -36,131 +26,6 @@ _LAYER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c
 _TOP_C = {"s": 60, "marker": "o", "facecolor": None, "edgecolor": "black", "linewidths": 1.2, "zorder": 4}
 _TOP_P = {"s": 55, "marker": "D", "facecolor": None, "edgecolor": "black", "linewidths": 1.2, "zorder": 5}
 _BOTH = {"s": 190, "marker": "o", "facecolor": "none", "edgecolor": _BOTH_COLOUR, "linewidths": 2.0, "zorder": 6}
-_FS = {"cell": 9, "label": 10, "head": 11, "title": 13}
-
-
-class StaticFigure(Figure):
-    """A matplotlib figure that shows itself as a PNG in Jupyter without ``pyplot``.
-
-    Figures made outside ``pyplot`` have no inline-backend formatter, so a notebook would
-    print ``<Figure ...>``; this adds the standard IPython hook.
-    """
-
-    def _repr_png_(self) -> bytes:
-        buf = io.BytesIO()
-        self.savefig(buf, format="png", dpi=min(self.dpi, 100), bbox_inches="tight")
-        return buf.getvalue()
-
-
-# ---------------------------------------------------------------------------------------------
-# activations
-
-
-def _forward_maps(
-    model: nn.Module, x: torch.Tensor, layers: str | Sequence[str]
-) -> tuple[dict[str, torch.Tensor], object]:
-    """One clean forward pass: ``({layer: (C, H, W) CPU map}, model output)``."""
-    names = list(resolve_layers(model, layers))
-    x = check_image(x, model).to(model_device(model))
-    with preserved_state(model), torch.no_grad(), ActivationCapture(model, names) as rec:
-        model.eval()
-        out = forward_checked(model, x)
-        acts = rec.outputs()
-    return {name: _as_chw(acts[name][0]).float().cpu() for name in names}, out
-
-
-def _as_chw(a: torch.Tensor) -> torch.Tensor:
-    """One sample's activation as (C, H, W): (F,) -> (F, 1, 1), (C, L) -> (C, 1, L)."""
-    if a.dim() == 1:
-        return a.reshape(-1, 1, 1)
-    if a.dim() == 2:
-        return a.unsqueeze(1)
-    return a.reshape(a.shape[0], -1, a.shape[-1])  # (C, D, H, W): depth stacked into rows
-
-
-def activation_maps(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
-    """The activation maps of ``layers`` on the unperturbed image.
-
-    One forward pass in eval mode under ``torch.no_grad()``; the model's modes and gradient
-    flags are restored and every hook removed afterwards.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The network.
-    x : torch.Tensor
-        The image, (1, C, H, W) or (C, H, W), normalised as the model expects.
-    layers : str or sequence of str
-        Layer names (see :func:`neuronviz.layer_summary`).
-
-    Returns
-    -------
-    dict of str to torch.Tensor
-        Per layer, a (C, H, W) float CPU tensor; a (N, F) layer gives (F, 1, 1).
-
-    Raises
-    ------
-    NeuronvizError
-        Unknown layer (closest names suggested), bad image, or a layer that did not run.
-    """
-    return _forward_maps(model, x, layers)[0]
-
-
-def upsample_map(a: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-    """Bilinearly upsample one activation map to the image size, scaled to [0, 1].
-
-    Parameters
-    ----------
-    a : torch.Tensor
-        (H, W) map of one channel.
-    size : tuple of int
-        ``(height, width)`` of the image.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 ``size`` array, min-max normalised to [0, 1]; all zeros for a constant map.
-
-    Raises
-    ------
-    ValueError
-        ``a`` is not 2-D, or ``size`` is not two positive integers.
-    """
-    a = torch.as_tensor(a)
-    if a.dim() != 2:
-        raise ValueError(f"upsample_map expects one (H, W) map, got shape {tuple(a.shape)}")
-    if len(size) != 2 or any(int(s) < 1 for s in size):
-        raise ValueError(f"size must be (height, width) with positive sides, got {size!r}")
-    a = torch.nan_to_num(a.detach().to("cpu", torch.float32))
-    up = F.interpolate(a[None, None], size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)[0, 0]
-    lo, hi = float(up.min()), float(up.max())
-    if not hi > lo:  # constant: nothing to highlight
-        return np.zeros((int(size[0]), int(size[1])), dtype=np.float32)
-    return ((up - lo) / (hi - lo)).clamp_(0.0, 1.0).numpy()
-
-
-# ---------------------------------------------------------------------------------------------
-# checks and labels
-
-
-def _check_path(path: str | Path | None) -> Path | None:
-    if path is None:
-        return None
-    path = Path(path)
-    if path.suffix.lower() not in SAVE_FORMATS:
-        raise ValueError(
-            f"cannot save a figure as {path.name!r}: the file name must end in one of {', '.join(SAVE_FORMATS)}"
-        )
-    return path
-
-
-def _check_display_image(image: np.ndarray) -> np.ndarray:
-    img = np.asarray(image, dtype=np.float32)
-    if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
-        raise ValueError(f"image must be an (H, W, 3) float array with values in [0, 1], got shape {img.shape}")
-    return np.clip(np.nan_to_num(img), 0.0, 1.0)
 
 
 def _check_maps_match(maps: dict[str, torch.Tensor], scores: NeuronScores) -> None:
@@ -178,29 +43,6 @@ def _is_spatial(shape: tuple[int, ...]) -> bool:
     """Only (C, H, W) layers with more than one position get a map to overlay."""
     return len(shape) == 3 and shape[1] * shape[2] > 1
 
-
-def class_label(target: int | None, n_classes: int | None) -> str:
-    """How the figure names the explained class.
-
-    Parameters
-    ----------
-    target : int or None
-        The class index (None for a callable target).
-    n_classes : int or None
-        The model's number of outputs; 1000 is taken to mean ImageNet-1k.
-
-    Returns
-    -------
-    str
-        E.g. ``"Egyptian cat (class 285)"``, ``"class 3"`` or ``"a callable target"``.
-    """
-    if target is None:
-        return "a callable target"
-    if n_classes == 1000 and 0 <= target < 1000:
-        from .data import imagenet_categories  # lazy: rendering needs no data files otherwise
-
-        return f"{imagenet_categories()[target]} (class {target})"
-    return f"class {target}"
 
 
 def _target_text(scores: NeuronScores, n_classes: int | None) -> str:
@@ -442,16 +284,16 @@ def render_scores(
         )
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    path = _check_path(path)  # before any work: a bad name should fail fast
+    path = check_path(path)  # before any work: a bad name should fail fast
 
-    maps, output = _forward_maps(model, x, scores.layers)
+    maps, output = forward_maps(model, x, scores.layers)
     _check_maps_match(maps, scores)
     n_classes = output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() == 2 else None
     if image is None:
-        from .data import deprocess  # lazy: keeps this module free of data-file imports at load time
+        from ..data import deprocess  # lazy: keeps this module free of data-file imports at load time
 
         image = deprocess(x)
-    img = _check_display_image(image)
+    img = check_display_image(image)
 
     top_c, top_p = scores.top("correlation", k), scores.top("precision", k)
     both = {layer: set(top_c[layer]) & set(top_p[layer]) for layer in scores.layers}
@@ -472,6 +314,5 @@ def render_scores(
     neurons = "neuron" if k == 1 else "neurons"
     fig.suptitle(title or f"Input resampling: top {k} {neurons} by correlation and by precision", fontsize=_FS["title"])
     fig.supxlabel(_caption(scores, n_classes, k, ov, sum(len(b) for b in both.values())), fontsize=_FS["label"])
-    if path is not None:
-        fig.savefig(path, dpi=dpi, format=path.suffix.lower().lstrip("."))
+    save(fig, path, dpi)
     return fig
