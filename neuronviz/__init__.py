@@ -9,13 +9,25 @@ from .core.capture import ActivationCapture, capture, layer_summary
 from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError
 from .core.targets import top_predictions
 from .data import deprocess, imagenet_categories, load_digits, preprocess, sample_image, sample_image_names
+from .methods.ace import AceResult, ace, maximal_correlation
+from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
 from .methods.resampling import NeuronScores, overlap, score_neurons
 from .models import default_model, digits_model
 from .render import render_scores
+from .render.pcace import render_layer_ranking, render_pcace
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AceResult",
+    "LayerRanking",
+    "PCACEScores",
+    "ace",
+    "maximal_correlation",
+    "pcace",
+    "rank_layers",
+    "render_layer_ranking",
+    "render_pcace",
     "ActivationCapture",
     "CaptureError",
     "LayerNotFoundError",

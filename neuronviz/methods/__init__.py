@@ -1,5 +1,1 @@
-"""The methods, each built on the core."""
-
-from .resampling import NeuronScores, overlap, score_neurons
-
-__all__ = ["NeuronScores", "overlap", "score_neurons"]
+"""The methods, each built on the core: one module per paper (import from the modules)."""

@@ -11,22 +11,50 @@ from torch import nn
 
 from ..core.capture import ActivationCapture, resolve_layers
 from ..core.model_state import model_device, preserved_state
-from ..core.validation import check_image, forward_checked
+from ..core.validation import check_batch, check_image, forward_checked
 
-__all__ = ["activation_maps", "upsample_map", "forward_maps"]
+__all__ = ["activation_maps", "batch_maps", "upsample_map", "forward_maps"]
 
 
 def forward_maps(
     model: nn.Module, x: torch.Tensor, layers: str | Sequence[str]
 ) -> tuple[dict[str, torch.Tensor], object]:
     """One clean forward pass: ``({layer: (C, H, W) CPU map}, model output)``."""
+    acts, out = _record(model, check_image(x, model), layers)
+    return {name: _as_chw(a[0]) for name, a in acts.items()}, out
+
+
+def batch_maps(model: nn.Module, images: torch.Tensor, layer: str) -> tuple[torch.Tensor, object]:
+    """One forward pass of a few images: their (n, C, H, W) maps of ``layer`` on the CPU, and the output.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    images : torch.Tensor
+        (n, C, H, W) images as the model takes them.
+    layer : str
+        The layer.
+
+    Returns
+    -------
+    maps : torch.Tensor
+        (n, C, H, W) float32; a (n, F) layer gives (n, F, 1, 1).
+    output : object
+        What the model returned.
+    """
+    acts, out = _record(model, check_batch(images, model, what="images"), [layer])
+    a = next(iter(acts.values()))
+    return torch.stack([_as_chw(one) for one in a]), out
+
+
+def _record(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str]) -> tuple[dict[str, torch.Tensor], object]:
     names = list(resolve_layers(model, layers))
-    x = check_image(x, model).to(model_device(model))
     with preserved_state(model), torch.no_grad(), ActivationCapture(model, names) as rec:
         model.eval()
-        out = forward_checked(model, x)
+        out = forward_checked(model, x.to(model_device(model)))
         acts = rec.outputs()
-    return {name: _as_chw(acts[name][0]).float().cpu() for name in names}, out
+    return {name: acts[name].float().cpu() for name in names}, out
 
 
 def _as_chw(a: torch.Tensor) -> torch.Tensor:
