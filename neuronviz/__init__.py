@@ -8,7 +8,7 @@ from .core import perturb
 from .core.capture import ActivationCapture, capture, layer_summary
 from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError
 from .core.targets import top_predictions
-from .data import deprocess, imagenet_categories, load_digits, preprocess, sample_image, sample_image_names
+from .data import augment, deprocess, imagenet_categories, load_digits, preprocess, sample_image, sample_image_names
 from .methods.ace import AceResult, ace, maximal_correlation
 from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
 from .methods.resampling import NeuronScores, overlap, score_neurons
@@ -33,6 +33,7 @@ __all__ = [
     "LayerNotFoundError",
     "NeuronScores",
     "NeuronvizError",
+    "augment",
     "capture",
     "default_model",
     "digits_model",

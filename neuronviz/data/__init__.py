@@ -20,6 +20,7 @@ from ..core.errors import NeuronvizError, closest_names
 __all__ = [
     "MEAN",
     "STD",
+    "augment",
     "deprocess",
     "imagenet_categories",
     "load_digits",
@@ -305,3 +306,60 @@ def load_digits(split: str = "all") -> tuple[torch.Tensor, torch.Tensor]:
     n_test = int(round(DIGITS_TEST_FRACTION * len(y)))
     idx = order[:n_test] if split == "test" else order[n_test:]
     return x[idx], y[idx]
+
+
+def augment(image: ImageLike, n: int, *, size: int = 224, seed: int = 0, min_scale: float = 0.35) -> torch.Tensor:
+    """Random views of one photo: crops, flips and small colour changes, as the model's input.
+
+    A set of images of one class, made from one photo, for methods that need many images
+    (PCACE): each view is a random crop covering ``min_scale`` to all of the short side,
+    anywhere in the photo, flipped left-right with probability 1/2, with brightness and
+    contrast scaled by up to ±20 %, resized to ``size`` and normalised like
+    :func:`preprocess`.
+
+    Parameters
+    ----------
+    image : PIL.Image.Image, numpy.ndarray or torch.Tensor
+        As accepted by :func:`preprocess`.
+    n : int
+        Number of views.
+    size : int
+        Side of each view.
+    seed : int
+        The views depend only on it.
+    min_scale : float
+        Smallest crop side, as a fraction of the photo's short side (0 < min_scale <= 1).
+
+    Returns
+    -------
+    torch.Tensor
+        (n, 3, size, size) float32.
+
+    Raises
+    ------
+    NeuronvizError
+        Bad image, ``n < 1`` or ``min_scale`` outside (0, 1].
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise NeuronvizError(f"n must be a positive int, got {n!r}")
+    if not 0 < min_scale <= 1:
+        raise NeuronvizError(f"min_scale must be in (0, 1], got {min_scale!r}")
+    full = preprocess(image, size=max(size, 256))  # normalised; keep some resolution to crop from
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    pixels = full * std + mean  # back to [0, 1] for the colour changes
+    g = torch.Generator().manual_seed(int(seed))
+    side = pixels.shape[-1]
+    views = []
+    for _ in range(n):
+        r = torch.rand(6, generator=g).tolist()
+        crop = max(8, int(side * (min_scale + (1 - min_scale) * r[0])))
+        top, left = int((side - crop) * r[1]), int((side - crop) * r[2])
+        v = pixels[:, :, top : top + crop, left : left + crop]
+        if r[3] < 0.5:
+            v = v.flip(-1)
+        v = F.interpolate(v, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        brightness, contrast = 0.8 + 0.4 * r[4], 0.8 + 0.4 * r[5]
+        v = ((v - v.mean()) * contrast + v.mean() * brightness).clamp(0, 1)
+        views.append((v - mean) / std)
+    return torch.cat(views)
