@@ -10,6 +10,8 @@ from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError
 from .core.targets import top_predictions
 from .data import augment, deprocess, imagenet_categories, load_digits, preprocess, sample_image, sample_image_names
 from .methods.ace import AceResult, ace, maximal_correlation
+from .methods import saliency
+from .methods.inversion import InversionResult, default_inversion_layers, guided_feature_inversion
 from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
 from .methods.resampling import NeuronScores, overlap, score_neurons
 from .models import default_model, digits_model
@@ -19,6 +21,10 @@ from .render.pcace import render_layer_ranking, render_pcace
 __version__ = "0.1.0"
 
 __all__ = [
+    "InversionResult",
+    "default_inversion_layers",
+    "guided_feature_inversion",
+    "saliency",
     "AceResult",
     "LayerRanking",
     "PCACEScores",
