@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import io
 import json
-import platform
 import statistics
 import time
 
@@ -23,17 +22,7 @@ import numpy as np
 import torch
 
 from neuronviz.methods.ace import maximal_correlation
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 
 def problems(b: int, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
@@ -26,20 +25,10 @@ import torch
 
 import neuronviz as nv
 from neuronviz.methods.inversion import guided_feature_inversion
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 PAPER_SECONDS = {"vgg19": 8.0, "resnet18": 6.4, "alexnet": 4.8}
 PHOTOS = ("cat", "coffee", "astronaut", "rocket")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build(name: str, device: torch.device) -> torch.nn.Module:

@@ -357,14 +357,13 @@ def pcace(
         Fewer than 20 images, a constant target, NaN activations, an unknown layer, bad
         images, a target out of range, a request that cannot fit in memory.
     """
-    _check_args(n_components, variant)
-    if target is None:
-        raise NeuronvizError("pcace needs a target: a class index or a callable of the model output")
-    names = list(resolve_layers(model, layer))
-    dev = resolve_device(model, device)
-    store = torch.device(offload) if offload is not None else None
-    chunks, y, cls = _gather(model, images, names, target, batch_size, dev, store_dtype, store)
-    return _finish(chunks[names[0]], y, names[0], cls, n_components, variant, dev)
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be one layer name, got {type(layer).__name__}; rank_layers takes several")
+    ranking = rank_layers(
+        model, images, [layer], target, n_components=n_components, batch_size=batch_size, device=device,
+        variant=variant, store_dtype=store_dtype, offload=offload,
+    )
+    return ranking[layer]
 
 
 def rank_layers(
@@ -403,7 +402,7 @@ def rank_layers(
     """
     _check_args(n_components, variant)
     if target is None:
-        raise NeuronvizError("rank_layers needs a target: a class index or a callable of the model output")
+        raise NeuronvizError("PCACE needs a target: a class index or a callable of the model output")
     names = list(resolve_layers(model, layers))
     dev = resolve_device(model, device)
     store = torch.device(offload) if offload is not None else None
