@@ -16,6 +16,7 @@ from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
 from .methods.resampling import NeuronScores, overlap, score_neurons
 from .models import default_model, digits_model
 from .render import render_scores
+from .render.inversion import render_inversion
 from .render.pcace import render_layer_ranking, render_pcace
 
 __version__ = "0.1.0"
@@ -32,6 +33,7 @@ __all__ = [
     "maximal_correlation",
     "pcace",
     "rank_layers",
+    "render_inversion",
     "render_layer_ranking",
     "render_pcace",
     "ActivationCapture",

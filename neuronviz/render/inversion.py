@@ -1,0 +1,85 @@
+"""Guided feature inversion figures: each image with its stage-1 and stage-2 masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from ..methods.inversion import InversionResult
+from .figure import FONT_SIZES, StaticFigure, check_display_image, check_path, class_label, save
+
+__all__ = ["render_inversion"]
+
+
+def render_inversion(
+    result: InversionResult,
+    x: torch.Tensor,
+    *,
+    categories: list[str] | None = None,
+    path: str | Path | None = None,
+    dpi: int = 150,
+) -> Figure:
+    """Draw each explained image with its class-agnostic (stage 1) and class-discriminative (stage 2) mask.
+
+    Parameters
+    ----------
+    result : InversionResult
+        From :func:`neuronviz.guided_feature_inversion`.
+    x : torch.Tensor
+        The explained images, (B, 3, H, W) normalised as for the default model, or (1, 3, H, W)
+        when several targets explained one image.
+    categories : list of str, optional
+        Class names for the titles (default: ImageNet names for 1000-class targets).
+    path : str or pathlib.Path, optional
+        Also save the figure there (``.png``, ``.svg`` or ``.pdf``).
+    dpi : int
+        Resolution of a saved PNG.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        Images and masks of different counts or sizes, or an unsupported suffix.
+    """
+    from ..data import deprocess
+
+    path = check_path(path)
+    masks, stage1 = result.mask, result.inversion_mask
+    if x.shape[0] == 1 and masks.shape[0] > 1:
+        x = x.expand(masks.shape[0], *x.shape[1:])
+    if x.shape[0] != masks.shape[0] or tuple(x.shape[-2:]) != tuple(masks.shape[-2:]):
+        raise ValueError(
+            f"{x.shape[0]} image(s) of {tuple(x.shape[-2:])} do not match {masks.shape[0]} mask(s) of "
+            f"{tuple(masks.shape[-2:])}: pass the images that were explained"
+        )
+    rows = masks.shape[0]
+    aspect = masks.shape[-2] / masks.shape[-1]  # panels keep the images' shape
+    fig = StaticFigure(figsize=(7.5, rows * (2.5 * aspect + 0.45) + 0.4), dpi=dpi, layout="constrained")
+    axes = np.atleast_2d(fig.subplots(rows, 3))
+    for b in range(rows):
+        img = check_display_image(deprocess(x[b]))
+        name = categories[result.target[b]] if categories is not None else class_label(result.target[b], 1000)
+        panels = [
+            (None, f"{name}\np = {float(result.probability[b]):.2f}"),
+            (stage1[b], "stage 1: all salient objects"),
+            (masks[b], f"stage 2: {name}"),
+        ]
+        for ax, (mask, title) in zip(axes[b], panels):
+            ax.imshow(img)
+            if mask is not None:
+                ax.imshow(mask.numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            ax.set_title(title, fontsize=FONT_SIZES["cell"])
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(
+        f"Guided feature inversion (mask layer {result.mask_layer}, feature layer {result.feature_layer})",
+        fontsize=FONT_SIZES["head"],
+    )
+    save(fig, path, dpi)
+    return fig
