@@ -64,6 +64,10 @@ class NeuronScores:
         Seed of the perturbed set.
     dead_threshold : float
         Channels with a mean activation below this have NaN precision.
+    channel_means : dict of str to torch.Tensor or None
+        With ``keep_channel_means=True``: per layer, (N, C) float32 activation of every
+        channel on every sample, averaged over positions (what the widgets plot against
+        ``outputs``); None otherwise.
     """
 
     correlation: dict[str, torch.Tensor]
@@ -79,6 +83,7 @@ class NeuronScores:
     seed: int = 0
     dead_threshold: float = 0.1
     layers: list[str] = field(default_factory=list)
+    channel_means: dict[str, torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -229,6 +234,7 @@ def score_neurons(
     per_unit: bool = False,
     dead_threshold: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
+    keep_channel_means: bool = False,
 ) -> NeuronScores:
     """Score every neuron of ``layers`` by correlation with the output and by precision.
 
@@ -276,7 +282,11 @@ def score_neurons(
     dead_threshold : float
         Channels (units) whose mean activation is below this get NaN precision.
     progress : callable, optional
-        Called as ``progress(done, total)`` after each batch.
+        Called as ``progress(done, total)`` after each batch; an exception it raises
+        (e.g. to cancel) stops the run and propagates, with the model left as before.
+    keep_channel_means : bool
+        Also keep every channel's position-averaged activation on every sample
+        (:attr:`NeuronScores.channel_means`, N x C floats per layer).
 
     Returns
     -------
@@ -313,6 +323,7 @@ def score_neurons(
         moments: dict[str, CoMoments] = {}
         shapes: dict[str, tuple[int, ...]] = {}
         outputs = torch.empty(n_total, dtype=torch.float64)
+        channel_means: dict[str, torch.Tensor] = {}
         state: dict[str, Target] = {}
 
         def get_target(first_out: object) -> Target:
@@ -338,7 +349,7 @@ def score_neurons(
                 o = tgt(out).double()
                 if not torch.isfinite(o).all():
                     raise NeuronvizError("the target gave NaN or infinite values on the perturbed samples")
-                updates = {}
+                updates, means_upd = {}, {}
                 for name in names:
                     a = acts[name]
                     if name not in shapes:
@@ -349,9 +360,15 @@ def score_neurons(
                             )
                         shapes[name] = tuple(a.shape[1:])
                     updates[name] = CoMoments.from_batch(_as_features(a), o)
+                    if keep_channel_means:
+                        means_upd[name] = a.reshape(a.shape[0], a.shape[1], -1).float().mean(2).cpu()
                 rec.clear()
                 for name, m in updates.items():  # commit only once the whole batch succeeded
                     moments.setdefault(name, CoMoments(m.mean.numel(), m.mean.device)).merge(m)
+                for name, mu in means_upd.items():
+                    if name not in channel_means:
+                        channel_means[name] = torch.empty(n_total, mu.shape[1], dtype=torch.float32)
+                    channel_means[name][r.start : r.stop] = mu
                 outputs[r.start : r.stop] = o.cpu()
 
             run_batched(n_total, batch_size or default_batch_size(dev), step, on_progress=progress)
@@ -383,4 +400,5 @@ def score_neurons(
         seed=seed,
         dead_threshold=float(dead_threshold),
         layers=names,
+        channel_means=channel_means if keep_channel_means else None,
     )

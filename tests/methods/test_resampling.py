@@ -68,6 +68,20 @@ def test_scores_match_numpy_on_the_same_activations(per_unit):
     assert scores.correlation["fc"].shape == (5,)  # (N, F) layer: F channels of one position
 
 
+def test_kept_channel_means_are_each_samples_position_averaged_activation():
+    net = tiny_cnn()
+    torch.manual_seed(5)
+    samples = torch.randn(11, 3, 10, 10)
+    layers = ["conv1", "fc"]
+    scores = nv.score_neurons(net, samples[0], layers, samples=samples, batch_size=4, keep_channel_means=True)
+    acts, _ = record(net, samples, layers, lambda o: o[:, 0])
+    for layer in layers:
+        a = np.asarray(acts[layer], dtype=np.float64)
+        expected = a.reshape(a.shape[0], a.shape[1], -1).mean(2)
+        np.testing.assert_allclose(scores.channel_means[layer].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert nv.score_neurons(net, samples[0], layers, samples=samples).channel_means is None
+
+
 def test_generated_perturbations_equal_the_same_samples_passed_in():
     net = tiny_cnn()
     x = torch.rand(1, 3, 12, 12)
