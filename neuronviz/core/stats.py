@@ -1,4 +1,4 @@
-"""Streaming, mergeable moments of many features and their co-moment with one output.
+"""Streaming, mergeable moments: of many features with one output, and of positions within channels.
 
 Batches are merged with Chan, Golub & LeVeque's pairwise update of (count, mean, centred
 sums), in float64, so the result does not depend on how the samples were batched and the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["CoMoments"]
+__all__ = ["CoMoments", "PositionCovariance"]
 
 
 class CoMoments:
@@ -132,3 +132,121 @@ class CoMoments:
         new = CoMoments.__new__(CoMoments)
         new.__dict__.update({k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
         return new
+
+
+class PositionCovariance:
+    """Running mean and co-moment matrix of the positions of every channel, over samples.
+
+    For a layer's maps (N, C, P) this accumulates, per channel c, the mean (P,) and the
+    centred sums of products ``sum_i (a_icj - mean_cj)(a_ick - mean_ck)`` (P, P) over the
+    samples i, batch by batch: the statistics of a per-channel PCA over positions, in memory
+    that does not grow with N (C x P x P float64).
+
+    Parameters
+    ----------
+    channels : int
+        C.
+    positions : int
+        P (H*W of a conv layer; 1 for a linear layer).
+    device : torch.device
+        Where the accumulators live (the activations' device).
+
+    Attributes
+    ----------
+    n : int
+        Samples seen.
+    mean : torch.Tensor
+        (C, P) float64.
+    m2 : torch.Tensor
+        (C, P, P) float64 centred sums of products.
+    minimum, maximum : torch.Tensor
+        (C, P) float64 exact extremes, to tell a constant position from a merely quiet one.
+    """
+
+    #: Bytes of float32 products formed at once by :meth:`update` (channels are cut to fit).
+    CHUNK_BYTES = 64 * 2**20
+
+    def __init__(self, channels: int, positions: int, device: torch.device | str = "cpu") -> None:
+        f64 = dict(dtype=torch.float64, device=device)
+        self.n = 0
+        self.mean = torch.zeros(channels, positions, **f64)
+        self.m2 = torch.zeros(channels, positions, positions, **f64)
+        self.minimum = torch.full((channels, positions), float("inf"), **f64)
+        self.maximum = torch.full((channels, positions), float("-inf"), **f64)
+
+    @staticmethod
+    def nbytes(channels: int, positions: int) -> int:
+        """Memory held by the accumulators of a (C, P) layer, in bytes."""
+        return 8 * channels * positions * (positions + 3)
+
+    def update(self, maps: torch.Tensor) -> None:
+        """Add a batch of maps (B, C, P).
+
+        Deviations from the batch mean are multiplied in float64 on a CPU, where that costs
+        little next to the forward pass that made the maps, and in the maps' precision
+        (float32 at least, as in :meth:`CoMoments.from_batch`) on an accelerator, where
+        float64 products can be slow; merges always happen in float64.
+        """
+        a = maps if maps.dtype in (torch.float32, torch.float64) else maps.float()
+        if a.device.type == "cpu":
+            a = a.double()
+        b, c, p = a.shape
+        if b == 0:
+            return
+        shift = a.mean(0)
+        d = a - shift
+        dbar = d.mean(0).double()  # the rounding left in shift, corrected below
+        batch_mean = shift.double() + dbar
+        n = self.n + b
+        delta = batch_mean - self.mean
+        w = self.n * b / n
+        step = max(1, self.CHUNK_BYTES // (12 * p * p))  # float32 products and their float64 copy
+        for lo in range(0, c, step):
+            sl = slice(lo, lo + step)
+            prod = torch.einsum("bcp,bcq->cpq", d[:, sl], d[:, sl]).double()
+            # sum (d - dbar)(d - dbar)^T = sum d d^T - b dbar dbar^T; then Chan's cross term
+            prod.sub_(b * dbar[sl, :, None] * dbar[sl, None, :])
+            prod.add_(w * delta[sl, :, None] * delta[sl, None, :])
+            self.m2[sl] += prod
+        self.mean += delta * (b / n)
+        self.n = n
+        self.minimum = torch.minimum(self.minimum, a.amin(0).double())
+        self.maximum = torch.maximum(self.maximum, a.amax(0).double())
+
+    def merge(self, other: "PositionCovariance") -> None:
+        """Fold the statistics of another, disjoint set of samples into these (in place)."""
+        if other.n == 0:
+            return
+        if self.n == 0:
+            self.n = other.n
+            self.mean, self.m2 = other.mean.clone(), other.m2.clone()
+            self.minimum, self.maximum = other.minimum.clone(), other.maximum.clone()
+            return
+        n = self.n + other.n
+        w = self.n * other.n / n
+        delta = other.mean - self.mean
+        self.m2 += other.m2 + w * delta.unsqueeze(2) * delta.unsqueeze(1)
+        self.mean += delta * (other.n / n)
+        self.n = n
+        self.minimum = torch.minimum(self.minimum, other.minimum)
+        self.maximum = torch.maximum(self.maximum, other.maximum)
+
+    @property
+    def constant(self) -> torch.Tensor:
+        """(C, P) bool: positions whose value never changed."""
+        return self.maximum == self.minimum
+
+    def std(self) -> torch.Tensor:
+        """(C, P) population standard deviation of each position, exactly 0 where constant."""
+        var = (self.m2.diagonal(dim1=1, dim2=2) / max(self.n, 1)).clamp_min(0)
+        return torch.where(self.constant, torch.zeros_like(var), var.sqrt())
+
+    def correlation(self, channels: slice = slice(None)) -> torch.Tensor:
+        """(c, P, P) correlation matrices of the positions of ``channels``.
+
+        A constant position has a zero row and column (its standardised values are all 0),
+        so the matrix is ``Z^T Z / n`` for the standardised maps Z (N, P) of each channel.
+        """
+        std = self.std()[channels]
+        inv = torch.where(std > 0, 1.0 / torch.where(std > 0, std, 1.0), 0.0) / max(self.n, 1) ** 0.5
+        return self.m2[channels] * inv.unsqueeze(2) * inv.unsqueeze(1)

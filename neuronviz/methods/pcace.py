@@ -4,34 +4,44 @@ Casacuberta, Suel & Flaxman, "PCACE: A Statistical Approach to Ranking Neurons f
 Interpretability", arXiv:2112.15571 (2021). Each channel's activation maps over N images are
 standardised position by position, reduced by PCA, and the ACE estimate of the maximal
 correlation between the leading component(s) and the class score is the channel's score.
-The images go through the network once (never once per channel) and ACE runs on all
-channels at once (:func:`neuronviz.methods.ace.ace_batch`).
+The images go through the network once (never once per channel), or twice when streamed
+from a data set too large for memory (first the per-channel position covariances, then the
+projections), on one process or across the ranks of a ``torch.distributed`` group; ACE runs
+on all channels at once (:func:`neuronviz.methods.ace.ace_batch`).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 import torch
 from torch import nn
 
+from ..core.batching import default_batch_size
 from ..core.capture import ActivationCapture, resolve_layers
+from ..core.distributed import Ranks, all_reduce_covariance, shard, use_distributed
 from ..core.errors import NeuronvizError
 from ..core.model_state import on_device, preserved_state, resolve_device
-from ..core.batching import default_batch_size
+from ..core.stats import PositionCovariance
+from ..core.streams import RowBuffer, check_reiterable, is_batch_stream, iter_batches
 from ..core.targets import TargetSpec, resolve_target
 from ..core.validation import check_batch, forward_checked
 from .ace import ace_batch
 
-__all__ = ["PCACEScores", "LayerRanking", "pcace", "rank_layers", "channel_components", "MIN_IMAGES"]
+__all__ = ["PCACEScores", "LayerRanking", "pcace", "rank_layers", "channel_components", "project", "MIN_IMAGES"]
 
 #: Fewer images than this make ACE's smoothers meaningless: refused.
 MIN_IMAGES = 20
 VARIANTS = ("principled", "authors")
 # working set of the PCA step, per chunk of channels (float64 copies of the maps)
 _CHUNK_BYTES = 256 * 2**20
+# matrices up to this size are diagonalised single-threaded on a CPU (see _eigh)
+_SMALL_EIGH = 1024
+# channels x images x components solved by one ace_batch call (twice the working set it keeps)
+_ACE_ELEMENTS = {"cpu": 2**21, "cuda": 2**25}
 
 
 @dataclass
@@ -135,6 +145,25 @@ class LayerRanking:
         return "\n".join(lines)
 
 
+def _eigh(mats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` of a batch of symmetric matrices, single-threaded for small ones on a CPU.
+
+    The CPU LAPACK solves the matrices one after the other, each with its own thread team;
+    for small matrices the team's start-up costs more than the work, and on a busy machine
+    each fork/join can wait a scheduler time slice (measured on 2 busy cores: 64 matrices of
+    256 x 256 took 25-130 s with 2 threads, 0.5 s with 1; 784 x 784 ones were 3 times faster
+    with 1).
+    """
+    if mats.device.type != "cpu" or mats.shape[-1] > _SMALL_EIGH or torch.get_num_threads() == 1:
+        return torch.linalg.eigh(mats)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(mats)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def channel_components(maps: torch.Tensor, n_components: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Standardise each channel's positions across images and project on its principal components.
 
@@ -148,24 +177,29 @@ def channel_components(maps: torch.Tensor, n_components: int = 1) -> tuple[torch
     Returns
     -------
     projections : torch.Tensor
-        (C, N, n_components) float64 principal-component scores (sign arbitrary).
+        (C, N, n_components) float64 principal-component scores. Each component's direction
+        is signed so that its weights over the positions sum to >= 0, and images with
+        identical maps get identical scores (see :func:`project`).
     explained : torch.Tensor
         (C, n_components) fraction of the standardised variance explained.
     """
     z = maps.double()
     z = z - z.mean(dim=1, keepdim=True)
     std = z.pow(2).mean(dim=1, keepdim=True).sqrt()
-    z = z / torch.where(std > 0, std, torch.ones_like(std))  # a constant position stays 0
+    varies = (maps.amax(dim=1, keepdim=True) > maps.amin(dim=1, keepdim=True)) & (std > 0)
+    z = torch.where(varies, z / torch.where(varies, std, 1.0), 0.0)  # a constant position stays 0
     n, p = z.shape[1], z.shape[2]
     q = min(n_components, n, p)
-    if n <= p:  # Gram matrix of the images is the smaller one
-        evals, evecs = torch.linalg.eigh(z @ z.transpose(1, 2))
-        evals, evecs = evals.flip(-1)[:, :q].clamp_min(0), evecs.flip(-1)[:, :, :q]
-        proj = evecs * evals.sqrt().unsqueeze(1)
+    if n <= p:  # Gram matrix of the images is the smaller one; directions follow from its eigenvectors
+        evals, u = _eigh(z @ z.transpose(1, 2))
+        evals, u = evals.flip(-1)[:, :q].clamp_min(0), u.flip(-1)[:, :, :q]
+        root = evals.sqrt().unsqueeze(1)
+        directions = torch.where(root > 0, z.transpose(1, 2) @ u / torch.where(root > 0, root, 1.0), 0.0)
     else:
-        evals, evecs = torch.linalg.eigh(z.transpose(1, 2) @ z)
-        evals, evecs = evals.flip(-1)[:, :q].clamp_min(0), evecs.flip(-1)[:, :, :q]
-        proj = z @ evecs
+        evals, directions = _eigh(z.transpose(1, 2) @ z)
+        evals, directions = evals.flip(-1)[:, :q].clamp_min(0), directions.flip(-1)[:, :, :q]
+    directions = directions * torch.where(directions.sum(1, keepdim=True) < 0, -1.0, 1.0)
+    proj = project(z.transpose(0, 1), directions).transpose(0, 1)
     total = z.pow(2).sum(dim=(1, 2))
     explained = evals / torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(1)
     if q < n_components:  # more components than the data has: pad with zeros
@@ -175,16 +209,33 @@ def channel_components(maps: torch.Tensor, n_components: int = 1) -> tuple[torch
     return proj, explained
 
 
-def _batches(images: torch.Tensor | Iterable, batch_size: int) -> Iterable[torch.Tensor]:
-    if isinstance(images, torch.Tensor):
-        for lo in range(0, images.shape[0], batch_size):
-            yield images[lo : lo + batch_size]
-        return
-    for item in images:  # a DataLoader yields (images, labels) pairs
-        batch = item[0] if isinstance(item, (tuple, list)) else item
-        if not isinstance(batch, torch.Tensor):
-            raise NeuronvizError(f"images must yield tensors (N, C, H, W), got {type(batch).__name__}")
-        yield batch
+def project(maps: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Scores of maps on per-channel directions, summed one position at a time.
+
+    ACE's smoother treats tied values differently from values one rounding error apart, so
+    images with identical maps (a channel that is zero on several images, say) must get
+    bit-identical scores whatever batch, rank or device computed them. A matrix product
+    does not promise that (its summation order can depend on the batch's shape); element-wise
+    products summed position by position do.
+
+    Parameters
+    ----------
+    maps : torch.Tensor
+        (B, C, P) maps, already centred (and standardised, if ``directions`` are not scaled).
+    directions : torch.Tensor
+        (C, P, q).
+
+    Returns
+    -------
+    torch.Tensor
+        (B, C, q) float64.
+    """
+    by_position = maps.double().movedim(-1, 0).contiguous()  # (P, B, C)
+    directions = directions.double()
+    out = by_position.new_zeros(*by_position.shape[1:], directions.shape[-1])
+    for pos in range(by_position.shape[0]):
+        out += by_position[pos].unsqueeze(-1) * directions[:, pos]
+    return out
 
 
 def _available_bytes(device: torch.device) -> int:
@@ -194,6 +245,16 @@ def _available_bytes(device: torch.device) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
         return 2**62
+
+
+def _maps(a: torch.Tensor, name: str) -> torch.Tensor:
+    """A layer's recording as (B, C, P) maps, checked; an (N, F) layer is F channels of one position."""
+    if a.dim() < 2:
+        raise NeuronvizError(f"layer {name!r} gives a {a.dim()}-D output; PCACE needs (N, C, ...) maps")
+    a = a.reshape(a.shape[0], a.shape[1], -1)
+    if not torch.isfinite(a).all():
+        raise NeuronvizError(f"layer {name!r} produced NaN or infinite activations")
+    return a
 
 
 def _gather(
@@ -214,7 +275,7 @@ def _gather(
     size = batch_size or default_batch_size(dev)
     with preserved_state(model), on_device(model, dev), torch.no_grad(), ActivationCapture(model, layers) as rec:
         model.eval()
-        for batch in _batches(images, size):
+        for batch in iter_batches(images, size):
             batch = check_batch(batch, model, what="images").to(dev)
             out = forward_checked(model, batch)
             acts = rec.outputs()
@@ -222,12 +283,7 @@ def _gather(
                 tgt = resolve_target(target, "logit", predict=lambda: out[:1])
             values.append(tgt(out).double().cpu())
             for name in layers:
-                a = acts[name]
-                if a.dim() < 2:
-                    raise NeuronvizError(f"layer {name!r} gives a {a.dim()}-D output; PCACE needs (N, C, ...) maps")
-                a = a.reshape(a.shape[0], a.shape[1], -1)  # (N, F) layers: one position per channel
-                if not torch.isfinite(a).all():
-                    raise NeuronvizError(f"layer {name!r} produced NaN or infinite activations")
+                a = _maps(acts[name], name)
                 where = store_device or a.device
                 held += a.numel() * torch.finfo(store_dtype).bits // 8
                 if held > 0.9 * _available_bytes(where):
@@ -243,6 +299,33 @@ def _gather(
     return chunks, torch.cat(values), tgt.class_index
 
 
+def _ace_scores(proj: torch.Tensor, y: torch.Tensor, n_components: int, variant: str) -> torch.Tensor:
+    """(C,) scores from the projections (C, N, q) and the target values (N,).
+
+    ACE's inputs, transforms and sort orders take tens of float64 values per channel and
+    image; solving a few channels at a time bounds that memory, whatever N and C (the
+    problems are independent, so the scores are the same).
+    """
+    n = proj.shape[1]
+    step = max(1, _ACE_ELEMENTS.get(proj.device.type, _ACE_ELEMENTS["cpu"]) // max(1, n * proj.shape[2]))
+    if proj.shape[0] > step:
+        parts = [_ace_scores(proj[lo : lo + step], y, n_components, variant) for lo in range(0, proj.shape[0], step)]
+        return torch.cat(parts)
+    if proj.shape[0] == 0:
+        return proj.new_zeros(0)
+    y = y.to(device=proj.device, dtype=torch.float64)
+    if variant == "principled" or n_components == 1:
+        return ace_batch(proj if n_components > 1 else proj[:, :, 0], y).rho.clamp(0, 1)
+    # the authors' code correlates only the first component's transform with theta
+    res = ace_batch(proj, y)
+    phi = res.x_transforms[:, :, 0]
+    theta = res.y_transform
+    phi = phi - phi.mean(1, keepdim=True)
+    theta = theta - theta.mean(1, keepdim=True)
+    denom = (phi.norm(dim=1) * theta.norm(dim=1)).clamp_min(1e-300)
+    return ((phi * theta).sum(1) / denom).abs().clamp(0, 1)
+
+
 def _score_chunks(
     chunks: list[torch.Tensor], y: torch.Tensor, n_components: int, variant: str, compute: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,20 +339,8 @@ def _score_chunks(
         proj, ev = channel_components(maps, n_components)
         projections.append(proj)
         explained.append(ev)
-    proj = torch.cat(projections)  # (C, N, q)
-    y = y.to(device=compute, dtype=torch.float64)
-    if variant == "principled" or n_components == 1:
-        res = ace_batch(proj if n_components > 1 else proj[:, :, 0], y)
-        scores = res.rho
-    else:  # the authors' code correlates only the first component's transform with theta
-        res = ace_batch(proj, y)
-        phi = res.x_transforms[:, :, 0]
-        theta = res.y_transform
-        phi = phi - phi.mean(1, keepdim=True)
-        theta = theta - theta.mean(1, keepdim=True)
-        denom = (phi.norm(dim=1) * theta.norm(dim=1)).clamp_min(1e-300)
-        scores = ((phi * theta).sum(1) / denom).abs()
-    return scores.clamp(0, 1).cpu(), torch.cat(explained).cpu()
+    scores = _ace_scores(torch.cat(projections), y, n_components, variant)  # (C, N, q) projections
+    return scores.cpu(), torch.cat(explained).cpu()
 
 
 def _check_args(n_components: int, variant: str) -> None:
@@ -279,10 +350,7 @@ def _check_args(n_components: int, variant: str) -> None:
         raise NeuronvizError(f"variant must be one of {VARIANTS}, got {variant!r}")
 
 
-def _finish(
-    chunks: list[torch.Tensor], y: torch.Tensor, layer: str, target: int | None, n_components: int,
-    variant: str, compute: torch.device,
-) -> PCACEScores:
+def _check_values(y: torch.Tensor) -> None:
     n = y.numel()
     if n < MIN_IMAGES:
         raise NeuronvizError(
@@ -291,9 +359,263 @@ def _finish(
         )
     if float(y.max() - y.min()) == 0.0:
         raise NeuronvizError("the target score is the same on every image, so no channel can correlate with it")
+
+
+def _finish(
+    chunks: list[torch.Tensor], y: torch.Tensor, layer: str, target: int | None, n_components: int,
+    variant: str, compute: torch.device,
+) -> PCACEScores:
+    _check_values(y)
     scores, explained = _score_chunks(chunks, y, n_components, variant, compute)
     ranking = torch.sort(-scores, stable=True).indices
-    return PCACEScores(scores, ranking, layer, target, n, n_components, variant, explained, y.float())
+    return PCACEScores(scores, ranking, layer, target, y.numel(), n_components, variant, explained, y.float())
+
+
+# -- streaming: passes over the data that never hold all activations -----------------------------
+
+
+class _CutShort(Exception):
+    """Raised by a hook to end a forward pass once every recorded layer has run."""
+
+
+class _Truncation:
+    """Hooks that end the forward pass after the last of ``modules`` has run, while ``active``.
+
+    A pass that needs only the layers' activations skips the rest of the network. The hooks
+    are registered after the recording hooks, so the recording is taken first.
+    """
+
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module]) -> None:
+        self.model, self.modules = model, modules
+        self.active = False
+        self._seen: set[str] = set()
+        self._handles: list = []
+
+    def __enter__(self) -> "_Truncation":
+        try:
+            self._handles.append(self.model.register_forward_pre_hook(lambda m, a: self._seen.clear()))
+            for name, module in self.modules.items():
+                self._handles.append(module.register_forward_hook(self._hook(name)))
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args: tuple, output: object) -> None:
+            self._seen.add(name)
+            if self.active and len(self._seen) == len(self.modules):
+                raise _CutShort
+
+        return hook
+
+    def __exit__(self, *exc: object) -> None:
+        while self._handles:
+            self._handles.pop().remove()
+
+    def forward(self, batch: torch.Tensor) -> object:
+        """``model(batch)``, or None when the pass was cut after the recorded layers."""
+        try:
+            return forward_checked(self.model, batch)
+        except _CutShort:
+            return None
+
+
+class _TooBig(NeuronvizError):
+    """The position covariances do not fit; holding the activations may still work."""
+
+
+def _principal_directions(
+    cov: PositionCovariance, q: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each channel's first ``q`` principal directions of its standardised positions.
+
+    Returns ``directions`` (C, P, q), already divided by each position's standard deviation
+    (0 for a constant position) so that ``(a - mean) @ directions`` are the principal
+    component scores of maps ``a``, and ``explained`` (C, q), the fraction of the
+    standardised variance each component explains; as :func:`channel_components` gives on
+    the whole data.
+    """
+    channels, positions = cov.mean.shape
+    k = min(q, positions)
+    inv = cov.std()
+    inv = torch.where(inv > 0, 1.0 / torch.where(inv > 0, inv, 1.0), 0.0)
+    step = max(1, _CHUNK_BYTES // (3 * 8 * positions * positions))
+    directions = torch.zeros(channels, positions, q, dtype=torch.float64, device=cov.mean.device)
+    explained = torch.zeros(channels, q, dtype=torch.float64, device=cov.mean.device)
+    for lo in range(0, channels, step):
+        sl = slice(lo, lo + step)
+        corr = cov.correlation(sl)
+        evals, evecs = _eigh(corr)
+        evals, evecs = evals.flip(-1)[:, :k].clamp_min(0), evecs.flip(-1)[:, :, :k]
+        # eigh's sign is arbitrary: fix it so every rank and every run agree
+        sign = torch.where(evecs.sum(1, keepdim=True) < 0, -1.0, 1.0)
+        directions[sl, :, :k] = evecs * sign * inv[sl].unsqueeze(2)
+        total = corr.diagonal(dim1=1, dim2=2).sum(1)  # number of non-constant positions
+        explained[sl, :k] = evals / torch.where(total > 0, total, torch.ones_like(total)).unsqueeze(1)
+    return directions, explained
+
+
+def _use_streaming(streaming: bool | None, images: object, distributed: bool) -> bool:
+    if streaming is not None and not isinstance(streaming, bool):
+        raise NeuronvizError(f"streaming must be True, False or None (automatic), got {streaming!r}")
+    if distributed and streaming is False:
+        raise NeuronvizError(
+            "distributed PCACE reduces streamed statistics across ranks, so streaming=False works in one "
+            "process only; pass distributed=False to rank this process's images alone"
+        )
+    stream = streaming if streaming is not None else distributed or is_batch_stream(images)
+    if stream and is_batch_stream(images):
+        check_reiterable(images)
+    return stream
+
+
+def _stream_scores(
+    model: nn.Module,
+    images: torch.Tensor | Iterable,
+    names: list[str],
+    target: TargetSpec,
+    batch_size: int | None,
+    dev: torch.device,
+    n_components: int,
+    variant: str,
+    ranks: Ranks,
+    may_fall_back: bool,
+) -> dict[str, PCACEScores]:
+    """PCACE in two passes over ``images`` whose memory does not grow with their number.
+
+    Pass 1 accumulates each layer's per-channel position covariance (the forward pass stops
+    after the last hooked layer); the principal directions follow from it. Pass 2 projects
+    every image's maps on them and records the target: N x C x q numbers per layer. ACE then
+    scores the channels. Distributed, the covariances are reduced across ranks, the
+    directions come from rank 0, the projections are gathered, and each rank solves ACE for
+    a block of channels.
+    """
+    size = batch_size or default_batch_size(dev)
+    modules = resolve_layers(model, names)
+    with preserved_state(model), on_device(model, dev), torch.no_grad():
+        model.eval()
+        with ActivationCapture(model, names) as rec, _Truncation(model, modules) as cut:
+            covs: dict[str, PositionCovariance] = {}
+            tgt = None
+            n_first = 0
+            with ranks.together("PCACE's first pass over the images (position covariances)"):
+                for raw in iter_batches(images, size):
+                    batch = check_batch(raw, model, what="images", min_n=0)
+                    if batch.shape[0] == 0:
+                        continue
+                    cut.active = tgt is not None  # the first batch runs whole, so the target is checked early
+                    out = cut.forward(batch.to(dev))
+                    acts = rec.outputs()
+                    if tgt is None:
+                        tgt = resolve_target(target, "logit", predict=lambda: out[:1])
+                    maps = {name: _maps(acts[name], name) for name in names}
+                    rec.clear()
+                    if not covs:
+                        _check_fits(maps, dev, may_fall_back)
+                        covs = {name: PositionCovariance(a.shape[1], a.shape[2], dev) for name, a in maps.items()}
+                    for name, a in maps.items():
+                        covs[name].update(a)
+                    n_first += batch.shape[0]
+            cls, shapes = _agree(ranks, names, n_first, tgt, {n: tuple(c.mean.shape) for n, c in covs.items()})
+            components = {}
+            for name in names:
+                cov = covs.pop(name, None) or PositionCovariance(*shapes[name], dev)
+                cov = all_reduce_covariance(cov, ranks)
+                with ranks.together("PCACE's principal components"):
+                    if ranks.rank == 0:
+                        directions, explained = _principal_directions(cov, n_components)
+                    else:
+                        directions = torch.empty(*shapes[name], n_components, dtype=torch.float64, device=dev)
+                        explained = torch.empty(shapes[name][0], n_components, dtype=torch.float64, device=dev)
+                # rank 0's mean too, so that identical maps on different ranks give identical scores
+                components[name] = tuple(ranks.broadcast(t) for t in (cov.mean, directions, explained))
+                del cov  # the C x P x P matrices are not needed any more
+
+            cut.active = False
+            f64 = dict(dtype=torch.float64, device=dev)
+            projections = {name: RowBuffer((shapes[name][0], n_components), **f64) for name in names}
+            values = RowBuffer((), **f64)
+            with ranks.together("PCACE's second pass over the images (projections)"):
+                for raw in iter_batches(images, size):
+                    batch = check_batch(raw, model, what="images", min_n=0)
+                    if batch.shape[0] == 0:
+                        continue
+                    out = cut.forward(batch.to(dev))
+                    acts = rec.outputs()
+                    if tgt is None:  # a loader that was empty on the first pass
+                        tgt = resolve_target(target, "logit", predict=lambda: out[:1])
+                    values.append(tgt(out).double())
+                    for name in names:
+                        mean, directions, _ = components[name]
+                        projections[name].append(project(_maps(acts[name], name).double() - mean, directions))
+                    rec.clear()
+
+    y = ranks.gather_rows(values.rows())
+    n_second = y.numel()
+    n_total = sum(row[0] for row in ranks.gather_ints([n_first]))
+    if n_second != n_total:
+        raise NeuronvizError(
+            f"the images gave {n_total} images on the first pass and {n_second} on the second; PCACE reads "
+            "them twice and needs the same images each time (a DataLoader over a fixed data set, shuffled or "
+            "not, does; a stream of new images does not)"
+        )
+    _check_values(y)
+    results = {}
+    for name in names:
+        explained = components.pop(name)[2]
+        channels = shapes[name][0]
+        proj = ranks.gather_rows(projections.pop(name).rows()).transpose(0, 1)  # (C, N, q)
+        block = shard(channels, ranks.rank, ranks.size)
+        with ranks.together("ACE"):
+            local = _ace_scores(proj[block.start : block.stop], y, n_components, variant)
+        scores = ranks.gather_rows(local).cpu()
+        ranking = torch.sort(-scores, stable=True).indices
+        results[name] = PCACEScores(
+            scores, ranking, name, cls, n_second, n_components, variant, explained.cpu(), y.float().cpu()
+        )
+    return results
+
+
+def _check_fits(maps: dict[str, torch.Tensor], dev: torch.device, may_fall_back: bool) -> None:
+    need = sum(PositionCovariance.nbytes(a.shape[1], a.shape[2]) for a in maps.values())
+    free = _available_bytes(dev)
+    if need <= 0.5 * free:
+        return
+    sizes = ", ".join(f"{name}: {a.shape[1]} x {a.shape[2]} x {a.shape[2]}" for name, a in maps.items())
+    raise (_TooBig if may_fall_back else NeuronvizError)(
+        f"streaming PCACE holds each layer's per-channel position covariance (C x P x P float64; {sizes}), "
+        f"{need / 2**30:.2f} GiB, more than half the {free / 2**30:.1f} GiB free on {dev}; score a later "
+        "layer or smaller images, or pass streaming=False (one process) to hold the N x C x P activations "
+        "instead"
+    )
+
+
+def _agree(
+    ranks: Ranks, names: list[str], n_local: int, tgt: object, shapes: dict[str, tuple[int, int]]
+) -> tuple[int | None, dict[str, tuple[int, int]]]:
+    """The target class and every layer's (C, P), checked to be the same on every rank that saw images."""
+    header = [n_local, -2 if tgt is None else (-1 if tgt.class_index is None else tgt.class_index)]
+    for name in names:
+        header += list(shapes.get(name, (0, 0)))
+    rows = [r for r in ranks.gather_ints(header) if r[0] > 0]
+    if not rows:
+        raise NeuronvizError("images is empty")
+    classes = {r[1] for r in rows}
+    if len(classes) > 1:
+        raise NeuronvizError(
+            f"the ranks scored different targets ({sorted(classes)}); pass the same target on every rank"
+        )
+    agreed = {}
+    for i, name in enumerate(names):
+        found = {tuple(r[2 + 2 * i : 4 + 2 * i]) for r in rows}
+        if len(found) > 1:
+            raise NeuronvizError(
+                f"layer {name!r} has different (channels, positions) on different ranks: {sorted(found)}"
+            )
+        agreed[name] = found.pop()
+    cls = rows[0][1]
+    return (None if cls < 0 else cls), agreed
 
 
 def pcace(
@@ -308,18 +630,35 @@ def pcace(
     variant: str = "principled",
     store_dtype: torch.dtype = torch.float32,
     offload: str | torch.device | None = None,
+    streaming: bool | None = None,
+    distributed: bool | None = None,
 ) -> PCACEScores:
     """Rank the channels of ``layer`` by PCACE.
 
-    One forward pass per batch of images records the layer for all channels and the target
-    score (the pre-softmax logit of class ``target``, or a callable of the model output).
     Per channel the maps are standardised position by position across images, projected on
     their first ``n_components`` principal components, and the ACE maximal correlation of
-    the projection(s) with the score is the channel's score; all channels are solved together.
+    the projection(s) with the score (the pre-softmax logit of class ``target``, or a
+    callable of the model output) is the channel's score; all channels are solved together.
 
-    Memory: the layer's N x C x H x W activations are held once, in ``store_dtype`` on the
-    compute device (or on ``offload``); the PCA works on bounded chunks of channels. A request
-    that cannot fit fails with a message before running out of memory.
+    Two ways to get there, with the same scores up to rounding:
+
+    - In memory (a tensor of images): one forward pass per batch records the layer, whose
+      N x C x H x W activations are held once, in ``store_dtype`` on the compute device (or
+      on ``offload``); the PCA works on bounded chunks of channels. A request that cannot
+      fit fails with a message before running out of memory.
+    - Streaming (a DataLoader, or ``streaming=True``): two passes over the images. The first
+      accumulates each channel's position covariance (C x P x P float64, whatever the number
+      of images; its forward passes stop after the layer), the second projects each image
+      on the principal directions and records the score. Memory grows only by the N x C x
+      ``n_components`` projections and the N scores (8 bytes each), so data sets far larger
+      than memory can be ranked. The images must be the same on both passes (a DataLoader
+      over a fixed data set; shuffling is fine).
+
+    Distributed (an initialised ``torch.distributed`` process group of several ranks, e.g.
+    under ``torchrun``): each rank passes its own shard (a DataLoader with a
+    ``DistributedSampler``, or a tensor), the covariances are reduced across ranks, the
+    projections gathered, and every rank returns the ranking of all the images;
+    ``target_values`` are then in rank order.
 
     Parameters
     ----------
@@ -327,7 +666,7 @@ def pcace(
         The network.
     images : torch.Tensor or iterable
         (N, C, H, W) images, or an iterable of such batches (a DataLoader; ``(images, labels)``
-        pairs are accepted), normalised as the model expects. At least 20 images.
+        pairs are accepted), normalised as the model expects. At least 20 images in all.
     layer : str
         The layer (see :func:`neuronviz.layer_summary`); the hook sits on its output (for a
         ``Conv2d``, the raw convolution, as in the authors' code).
@@ -338,14 +677,23 @@ def pcace(
     batch_size : int, optional
         Images per forward pass (when ``images`` is a tensor).
     device : str or torch.device, optional
-        Where to compute; None is the model's device.
+        Where to compute; None is the model's device. Distributed over NCCL, each rank's own GPU.
     variant : {"principled", "authors"}
         With ``n_components > 1``: ``"principled"`` scores ``sqrt(R^2)`` of the multivariate
         ACE, ``"authors"`` the authors' ``|corr(phi_1, theta)|`` of the first component only.
     store_dtype : torch.dtype
-        Precision of the stored activations (``torch.float16`` halves the memory).
+        Precision of the stored activations, in memory (``torch.float16`` halves the memory).
     offload : str or torch.device, optional
-        Keep the stored activations there (e.g. ``"cpu"`` for a big layer on a GPU).
+        Keep the stored activations there, in memory (e.g. ``"cpu"`` for a big layer on a GPU).
+    streaming : bool or None
+        None: stream an iterable of batches (or when distributed), hold a tensor's
+        activations; if the covariances of a streamed layer would not fit in memory (a layer
+        with very many positions), fall back to holding the activations, with a warning.
+        True / False: always stream / always hold.
+    distributed : bool or None
+        None: reduce across ranks when a process group of several ranks is initialised
+        (every rank must then make the same call: one rank calling alone would wait for the
+        others); False: rank this process's images alone; True: require a process group.
 
     Returns
     -------
@@ -355,13 +703,18 @@ def pcace(
     ------
     NeuronvizError
         Fewer than 20 images, a constant target, NaN activations, an unknown layer, bad
-        images, a target out of range, a request that cannot fit in memory.
+        images, a target out of range, a request that cannot fit in memory; streaming: a
+        one-shot iterator (a generator) or images that differ between the two passes;
+        distributed: NCCL with a CPU device, ``streaming=False``, ranks that disagree on the
+        target or the layer's shape.
+    neuronviz.core.distributed.PeerError
+        Distributed, when another rank failed (that rank raises its own error).
     """
     if not isinstance(layer, str):
         raise TypeError(f"layer must be one layer name, got {type(layer).__name__}; rank_layers takes several")
     ranking = rank_layers(
         model, images, [layer], target, n_components=n_components, batch_size=batch_size, device=device,
-        variant=variant, store_dtype=store_dtype, offload=offload,
+        variant=variant, store_dtype=store_dtype, offload=offload, streaming=streaming, distributed=distributed,
     )
     return ranking[layer]
 
@@ -379,12 +732,14 @@ def rank_layers(
     variant: str = "principled",
     store_dtype: torch.dtype = torch.float32,
     offload: str | torch.device | None = None,
+    streaming: bool | None = None,
+    distributed: bool | None = None,
 ) -> LayerRanking:
-    """PCACE for several layers from one pass over the images, and which layers carry the class.
+    """PCACE for several layers from the same passes over the images, and which layers carry the class.
 
     Parameters
     ----------
-    model, images, target, n_components, batch_size, device, variant, store_dtype, offload
+    model, images, target, n_components, batch_size, device, variant, store_dtype, offload, streaming, distributed
         As in :func:`pcace`.
     layers : sequence of str
         The layers to rank.
@@ -405,6 +760,17 @@ def rank_layers(
         raise NeuronvizError("PCACE needs a target: a class index or a callable of the model output")
     names = list(resolve_layers(model, layers))
     dev = resolve_device(model, device)
+    active = use_distributed(distributed)
+    if _use_streaming(streaming, images, active):
+        ranks = Ranks(dev, active)
+        try:
+            results = _stream_scores(
+                model, images, names, target, batch_size, dev, n_components, variant, ranks,
+                may_fall_back=streaming is None and not active,
+            )
+            return LayerRanking(results, k)
+        except _TooBig as err:
+            warnings.warn(f"{err}; holding the activations instead", RuntimeWarning, stacklevel=2)
     store = torch.device(offload) if offload is not None else None
     chunks, y, cls = _gather(model, images, names, target, batch_size, dev, store_dtype, store)
     results = {}

@@ -10,17 +10,19 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..core.batching import default_batch_size, run_batched
 from ..core.capture import ActivationCapture, resolve_layers
+from ..core.distributed import Ranks, all_reduce_comoments, shard, use_distributed
 from ..core.errors import NeuronvizError
 from ..core.model_state import on_device, preserved_state, resolve_device
 from ..core.perturb import Perturbation, make as make_perturbation
 from ..core.stats import CoMoments
+from ..core.streams import RowBuffer, count_hint, is_batch_stream, iter_batches
 from ..core.targets import Target, TargetSpec, resolve_target
 from ..core.validation import check_batch, check_image, forward_checked
 
@@ -227,7 +229,7 @@ def score_neurons(
     output: str = "probability",
     n_samples: int = 50,
     perturbation: Perturbation | str | None = None,
-    samples: torch.Tensor | None = None,
+    samples: torch.Tensor | Iterable | None = None,
     seed: int = 0,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
@@ -235,16 +237,31 @@ def score_neurons(
     dead_threshold: float = 0.1,
     progress: Callable[[int, int], None] | None = None,
     keep_channel_means: bool = False,
+    distributed: bool | None = None,
 ) -> NeuronScores:
     """Score every neuron of ``layers`` by correlation with the output and by precision.
 
     The image is perturbed ``n_samples`` times (by default the input-resampling paper's
-    multiplicative Gaussian scheme), the copies are run through the model in batches with
-    the layers recorded, and per-unit moments are accumulated batch by batch in float64:
-    memory does not grow with ``n_samples``. Then, per channel k,
+    multiplicative Gaussian scheme), or the ``samples`` are read (a tensor, or the batches of
+    a DataLoader over a data set of any size); the images are run through the model in
+    batches with the layers recorded, and per-unit moments are accumulated batch by batch in
+    float64: the statistics held do not grow with the number of samples. Then, per channel k,
     ``correlation_k = mean over positions of |Pearson_i(a_k(h, w, i), o_i)|`` (positions of
     constant activation left out) and
     ``precision_k = 1 / mean over positions of Var_i(a_k(h, w, i))`` (ddof 0).
+
+    What does grow with the number of samples N: :attr:`NeuronScores.outputs`, 8 bytes a
+    sample, and with ``keep_channel_means`` the (N, C) float32 channel means of each layer.
+
+    Inside an initialised ``torch.distributed`` process group (e.g. under ``torchrun``) every
+    rank scores its own share and the statistics are reduced exactly across ranks, so every
+    rank returns the scores of all the samples: with ``samples``, each rank passes its own
+    shard (a DataLoader with a ``DistributedSampler``, or a tensor); without, the
+    ``n_samples`` perturbed copies are split into contiguous blocks, one per rank (copy i
+    depends only on (seed, i), so the scores equal a single process's). ``outputs`` and
+    ``channel_means`` are then in rank order (rank 0's samples first). A
+    ``DistributedSampler`` that pads its shards to equal size (``drop_last=False`` with a
+    data set size not divisible by the number of ranks) repeats a few samples, and they count.
 
     The model runs in eval mode under ``torch.no_grad()``; its modes, ``requires_grad``
     flags, device and hooks are as before when this returns or raises.
@@ -254,7 +271,8 @@ def score_neurons(
     model : torch.nn.Module
         The network.
     x : torch.Tensor
-        The image, (1, C, H, W) or (C, H, W), normalised as the model expects.
+        The image, (1, C, H, W) or (C, H, W), normalised as the model expects; with
+        ``target=None`` the class predicted on it is explained.
     layers : str or sequence of str
         Layer names (see :func:`neuronviz.layer_summary`).
     target : None, int or callable
@@ -267,26 +285,36 @@ def score_neurons(
     perturbation : Perturbation, str or None
         A :mod:`neuronviz.perturb` object or kind name; None is
         ``MultiplicativeGaussian(sigma_step=0.1)``.
-    samples : torch.Tensor, optional
-        (N, C, H, W) images to use instead of generated copies (your own perturbations or
-        a small data set); ``n_samples`` and ``perturbation`` are then ignored.
+    samples : torch.Tensor or iterable, optional
+        Images to use instead of generated copies (your own perturbations or a data set),
+        normalised as the model expects: an (N, C, H, W) tensor, or an iterable of (B, C, H, W)
+        batches or of ``(images, labels, ...)`` tuples, such as a
+        ``torch.utils.data.DataLoader`` too large to hold in memory (read once). At least 3
+        images in all; ``n_samples`` and ``perturbation`` are then ignored.
     seed : int
         Seed of the perturbed set; copy i depends only on (seed, i).
     batch_size : int, optional
-        Images per forward pass; automatic when None, halved on out-of-memory.
+        Images per forward pass; automatic when None (with a DataLoader: its batches),
+        halved on out-of-memory.
     device : str or torch.device, optional
         Where to compute; None is the model's device. A model elsewhere is moved there for
-        the call and moved back.
+        the call and moved back. Distributed over NCCL, each rank's own GPU.
     per_unit : bool
         Score every unit (channel x position) instead of every channel.
     dead_threshold : float
         Channels (units) whose mean activation is below this get NaN precision.
     progress : callable, optional
-        Called as ``progress(done, total)`` after each batch; an exception it raises
-        (e.g. to cancel) stops the run and propagates, with the model left as before.
+        Called as ``progress(done, total)`` after each batch with this rank's counts (for a
+        DataLoader, ``total`` is the length of its sampler, or ``done`` when unknown); an
+        exception it raises (e.g. to cancel) stops the run and propagates, with the model
+        left as before.
     keep_channel_means : bool
         Also keep every channel's position-averaged activation on every sample
         (:attr:`NeuronScores.channel_means`, N x C floats per layer).
+    distributed : bool or None
+        None: reduce across ranks when a process group of several ranks is initialised
+        (every rank must then make the same call: one rank calling alone would wait for the
+        others); False: score this process's samples alone; True: require a process group.
 
     Returns
     -------
@@ -295,23 +323,30 @@ def score_neurons(
     Raises
     ------
     NeuronvizError
-        Bad image or samples, ``n_samples < 3``, unknown layer (closest names suggested),
+        Bad image or samples, fewer than 3 samples, unknown layer (closest names suggested),
         a layer that produced no output, a target out of range, a model output that is not
-        (N, classes) without a callable target, input the model refuses.
+        (N, classes) without a callable target, input the model refuses; distributed: no
+        process group with ``distributed=True``, NCCL with a CPU device, ranks that disagree
+        on the layer shapes or the target class.
+    neuronviz.core.distributed.PeerError
+        Distributed, when another rank failed (that rank raises its own error).
     """
     modules = resolve_layers(model, layers)
     names = list(modules)
     dev = resolve_device(model, device)
     x = check_image(x, model)
-    if samples is not None:
-        samples = check_batch(samples, model, what="samples", min_n=3)
-        n_total = samples.shape[0]
+    active = use_distributed(distributed)
+    stream = samples is not None and is_batch_stream(samples)
+    if samples is not None and not stream:
+        # a rank's shard may be small; the total is checked once the ranks have reported
+        samples = check_batch(samples, model, what="samples", min_n=1 if active else 3)
         pert = None
-    else:
+    elif samples is None:
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 3:
             raise NeuronvizError(f"n_samples must be an integer >= 3 (a variance needs several copies), got {n_samples!r}")
-        n_total = n_samples
         pert = make_perturbation(perturbation)
+    else:
+        pert = None
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise NeuronvizError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     if not isinstance(dead_threshold, (int, float)) or math.isnan(dead_threshold):
@@ -319,16 +354,19 @@ def score_neurons(
 
     with preserved_state(model), on_device(model, dev), torch.no_grad():
         model.eval()
+        ranks = Ranks(dev, active)
         x = x.to(dev)
         moments: dict[str, CoMoments] = {}
         shapes: dict[str, tuple[int, ...]] = {}
-        outputs = torch.empty(n_total, dtype=torch.float64)
-        channel_means: dict[str, torch.Tensor] = {}
+        outputs = RowBuffer((), torch.float64)
+        channel_means: dict[str, RowBuffer] = {}
         state: dict[str, Target] = {}
+        size = batch_size or default_batch_size(dev)
 
-        def get_target(first_out: object) -> Target:
+        def get_target(first_out: object, is_first_copy: bool) -> Target:
             if "t" not in state:
-                if pert is not None and pert.first_is_original and isinstance(first_out, torch.Tensor):
+                clean_copy = pert is not None and pert.first_is_original and isinstance(first_out, torch.Tensor)
+                if is_first_copy and clean_copy:
                     # copy 0 is x itself: its output is the clean prediction, no extra forward
                     predict = lambda: first_out[:1]  # noqa: E731
                 else:
@@ -338,15 +376,10 @@ def score_neurons(
 
         with ActivationCapture(model, names) as rec:
 
-            def step(r: range) -> None:
-                if samples is not None:
-                    batch = samples[r.start : r.stop].to(dev)
-                else:
-                    batch = pert.sample(x, r, seed=seed)
+            def score(batch: torch.Tensor, is_first_copy: bool = False) -> None:
                 out = forward_checked(model, batch)
                 acts = rec.outputs()
-                tgt = get_target(out) if r.start == 0 else state["t"]
-                o = tgt(out).double()
+                o = get_target(out, is_first_copy)(out).double()
                 if not torch.isfinite(o).all():
                     raise NeuronvizError("the target gave NaN or infinite values on the perturbed samples")
                 updates, means_upd = {}, {}
@@ -366,15 +399,36 @@ def score_neurons(
                 for name, m in updates.items():  # commit only once the whole batch succeeded
                     moments.setdefault(name, CoMoments(m.mean.numel(), m.mean.device)).merge(m)
                 for name, mu in means_upd.items():
-                    if name not in channel_means:
-                        channel_means[name] = torch.empty(n_total, mu.shape[1], dtype=torch.float32)
-                    channel_means[name][r.start : r.stop] = mu
-                outputs[r.start : r.stop] = o.cpu()
+                    channel_means.setdefault(name, RowBuffer(mu.shape[1:], torch.float32)).append(mu)
+                outputs.append(o.cpu())
 
-            run_batched(n_total, batch_size or default_batch_size(dev), step, on_progress=progress)
+            with ranks.together("score_neurons' pass over the samples"):
+                if stream:
+                    _score_stream(samples, model, dev, batch_size, score, progress)
+                elif samples is not None:
+                    run_batched(samples.shape[0], size, lambda r: score(samples[r.start : r.stop].to(dev)),
+                                on_progress=progress)
+                else:
+                    block = shard(n_samples, ranks.rank, ranks.size)
+
+                    def step(r: range) -> None:
+                        copies = range(block.start + r.start, block.start + r.stop)
+                        score(pert.sample(x, copies, seed=seed), copies.start == 0)
+
+                    run_batched(len(block), size, step, on_progress=progress)
+                if "t" not in state:  # no sample on this rank: the target still comes from x
+                    get_target(None, False)
+                    rec.clear()
 
         tgt = state["t"]
-        if float(outputs.var()) == 0.0:
+        n_total = _agree(ranks, names, shapes, outputs.n, tgt)
+        all_outputs = ranks.gather_rows(outputs.rows()).cpu()
+        if keep_channel_means:
+            kept = {}
+            for name in names:
+                mine = channel_means.pop(name, None) or RowBuffer((shapes[name][0],), torch.float32)
+                kept[name] = ranks.gather_rows(mine.rows()).cpu()
+        if float(all_outputs.var()) == 0.0:
             warnings.warn(
                 "the target value is the same on every perturbed sample, so every correlation is NaN; "
                 "use output='logit', a stronger perturbation, or another target",
@@ -383,14 +437,16 @@ def score_neurons(
             )
         corr, prec, mean = {}, {}, {}
         for name in names:
-            corr[name], prec[name], mean[name] = _finalise(moments[name], shapes[name], per_unit, dead_threshold)
+            m = moments.pop(name, None) or CoMoments(math.prod(shapes[name]), dev)  # a rank without samples
+            m = all_reduce_comoments(m, ranks)
+            corr[name], prec[name], mean[name] = _finalise(m, shapes[name], per_unit, dead_threshold)
         moments.clear()  # free the accumulators before returning
 
     return NeuronScores(
         correlation=corr,
         precision=prec,
         mean_activation=mean,
-        outputs=outputs,
+        outputs=all_outputs,
         target=tgt.class_index,
         output=tgt.output,
         shapes=shapes,
@@ -400,5 +456,64 @@ def score_neurons(
         seed=seed,
         dead_threshold=float(dead_threshold),
         layers=names,
-        channel_means=channel_means if keep_channel_means else None,
+        channel_means=kept if keep_channel_means else None,
     )
+
+
+def _score_stream(
+    samples: Iterable,
+    model: nn.Module,
+    dev: torch.device,
+    batch_size: int | None,
+    score: Callable[[torch.Tensor], None],
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Score the batches of an iterable as they come, each cut to ``batch_size`` and halved on out-of-memory."""
+    total = count_hint(samples)
+    done = 0
+    for raw in iter_batches(samples, 1, what="samples"):
+        batch = check_batch(raw, model, what="samples", min_n=0)
+
+        def step(r: range, batch: torch.Tensor = batch) -> None:
+            score(batch[r.start : r.stop].to(dev))
+
+        def report(d: int, _: int, before: int = done) -> None:
+            if progress is not None:
+                progress(before + d, max(total or 0, before + d))
+
+        run_batched(batch.shape[0], batch_size or max(1, batch.shape[0]), step, on_progress=report)
+        done += batch.shape[0]
+
+
+def _agree(
+    ranks: Ranks, names: list[str], shapes: dict[str, tuple[int, ...]], n_local: int, tgt: Target
+) -> int:
+    """Check that the ranks scored the same layers and target; fill in shapes a rank never saw.
+
+    Returns the number of samples over all ranks.
+    """
+    dims = 8
+    header = [n_local, -1 if tgt.class_index is None else tgt.class_index]
+    for name in names:
+        shape = shapes.get(name, ())
+        if len(shape) > dims:
+            raise NeuronvizError(f"layer {name!r} has {len(shape)} dimensions per sample; at most {dims} are supported")
+        header += [len(shape), *shape, *[-1] * (dims - len(shape))]
+    rows = ranks.gather_ints(header)
+    n_total = sum(r[0] for r in rows)
+    if n_total < 3:
+        where = f" over {ranks.size} ranks" if ranks.size > 1 else ""
+        raise NeuronvizError(f"samples holds {n_total} image(s){where}; at least 3 are needed")
+    if len({r[1] for r in rows}) > 1:
+        raise NeuronvizError(
+            f"the ranks explain different classes ({sorted({r[1] for r in rows})}); pass the same image x "
+            "on every rank, or an explicit target"
+        )
+    seen = [r for r in rows if r[0] > 0]
+    for i, name in enumerate(names):
+        lo = 2 + i * (dims + 1)
+        found = {tuple(r[lo + 1 : lo + 1 + r[lo]]) for r in seen}
+        if len(found) > 1:
+            raise NeuronvizError(f"layer {name!r} has different shapes on different ranks: {sorted(found)}")
+        shapes[name] = found.pop()
+    return n_total
