@@ -18,10 +18,13 @@ from .models import default_model, digits_model
 from .render import render_scores
 from .render.inversion import render_inversion
 from .render.pcace import render_layer_ranking, render_pcace
+from .widgets import NeuronExplorer, demo
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NeuronExplorer",
+    "demo",
     "InversionResult",
     "default_inversion_layers",
     "guided_feature_inversion",

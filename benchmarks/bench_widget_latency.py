@@ -1,0 +1,152 @@
+"""Latency of the NeuronExplorer as a user sees it, measured in headless Chromium on JupyterLab 4.
+
+The default demo (``nv.demo()``, 48 copies) in a fresh JupyterLab server and kernel:
+
+* cell to widget: Run All clicked -> the explorer visible, and -> its first run shown as done
+  (imports, model loading and the first run included);
+* click to overlay: a click on a scatter point -> the overlay image replaced (median of N
+  clicks on different neurons; target < 200 ms on a CPU);
+* full run: the Run button clicked -> the status says done (median of R runs).
+
+Times are taken in the page (``performance.now()`` of the mouse press and of the DOM change,
+seen by a MutationObserver), so they include the round trip to the kernel and the drawing.
+Usage:
+
+    python benchmarks/bench_widget_latency.py [--clicks 10] [--runs 3]
+
+Needs Chromium and the test extra (playwright, JupyterLab); uses the helpers of
+tests/browser (servers.py, pages.py, explorer_page.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import statistics
+import sys
+import tempfile
+
+import torch
+
+from machine import cpu_name  # benchmarks/machine.py, beside this script
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "browser"))
+import explorer_page as ex  # noqa: E402
+import pages  # noqa: E402
+import servers  # noqa: E402
+
+# The explorer shown and its first result, as times after the Run All click (page clock).
+_FIRST_SHOWN_JS = """
+() => {
+  const marks = window.__nvFirst = {};
+  const obs = new MutationObserver(() => {
+    const t0 = window.__nvRunAll;
+    if (t0 === undefined) return;
+    const root = document.querySelector('%s');
+    if (root && marks.visible === undefined && root.offsetParent !== null) marks.visible = performance.now() - t0;
+    const s = root && root.querySelector('.nv-status');
+    if (s && marks.done === undefined && s.textContent.trim().startsWith('done')) {
+      marks.done = performance.now() - t0;
+      obs.disconnect();
+    }
+  });
+  obs.observe(document.body, {subtree: true, childList: true, characterData: true});
+}
+""" % ex.ROOT
+
+
+def cell_to_widget(page) -> tuple[float, float]:
+    """Seconds from Run All to the explorer visible, and to its first run done."""
+    page.evaluate(_FIRST_SHOWN_JS)
+    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+    item = page.locator("li.lm-Menu-item[data-command='runmenu:run-all']")
+    item.wait_for()
+    page.evaluate("() => { window.__nvRunAll = performance.now(); }")  # the click follows within milliseconds
+    item.click()
+    marks = pages.wait_until(lambda: page.evaluate("() => window.__nvFirst.done !== undefined && window.__nvFirst"),
+                             pages.RENDER_TIMEOUT_S * 2, "the first run")
+    return marks["visible"] / 1000, marks["done"] / 1000
+
+
+def click_to_overlay(page, layout: list[tuple[str, int]], clicks: int) -> list[float]:
+    """Milliseconds from a click on a point to the new overlay, one per click."""
+    times = []
+    for k in range(clicks):
+        point, neuron = ex.point_to_click(page, layout, skip=k)
+        ex.start_recording(page)
+        before = ex.overlay_src(page)
+        page.mouse.click(point["x"], point["y"])
+        pages.wait_until(lambda: ex.overlay_src(page) != before, 30, "the overlay to change")
+        pressed = ex.last_click_time(page)
+        changed = [e["t"] for e in ex.recorded(page, "src") if e["t"] >= pressed]
+        times.append(changed[0] - pressed)
+        pages.wait_until(lambda: ex.selected_neuron(page) == neuron, 30, f"{neuron} to be selected")
+    return times
+
+
+def full_run(page) -> float:
+    """Seconds from a click on Run to the status done."""
+    ex.start_recording(page)
+    page.locator(f"{ex.ROOT} .nv-run").click()
+    statuses = ex.wait_recorded_run(page, timeout=600)
+    if not statuses[-1].startswith("done"):
+        raise RuntimeError(f"the run did not finish: {statuses}")
+    pressed = ex.last_click_time(page)
+    done = [e["t"] for e in ex.recorded(page, "status") if (e["value"] or "").startswith("done") and e["t"] >= pressed]
+    return (done[-1] - pressed) / 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clicks", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    missing = servers.missing_requirements()
+    if missing:
+        print("SKIPPED bench_widget_latency: " + "; ".join(missing))
+        return
+    from playwright.sync_api import sync_playwright
+
+    machine = f"CPU: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp) / "notebooks"
+        root.mkdir()
+        servers.write_notebook(root / "latency.ipynb", ex.explorer_cells(None))
+        server = servers.start_server("lab", root, pathlib.Path(tmp) / "home")
+        try:
+            with sync_playwright() as pw:
+                browser = servers.launch_chromium(pw)
+                try:
+                    page = browser.new_page(viewport={"width": 1500, "height": 1400})
+                    pages.open_notebook(page, server.notebook_url("latency.ipynb"), "lab")
+                    visible_s, first_done_s = cell_to_widget(page)
+                    pages.wait_cells_done(page)
+                    ex.wait_settled(page)
+                    layout = ex.parse_channels(pages.cell_output(page, 1))
+                    n_samples = int(page.locator(f"{ex.ROOT} .nv-samples .widget-readout").inner_text())
+                    clicks_ms = click_to_overlay(page, layout, args.clicks)
+                    runs_s = [full_run(page) for _ in range(args.runs)]
+                finally:
+                    browser.close()
+        finally:
+            server.stop()
+
+    click_ms = statistics.median(clicks_ms)
+    run_s = statistics.median(runs_s)
+    channels = sum(n for _name, n in layout)
+    print(f"# machine: {machine}; JupyterLab 4, headless Chromium; nv.demo(): {n_samples} copies, "
+          f"{channels} channels in {', '.join(name for name, _n in layout)}")
+    print("| machine | cell -> widget visible | cell -> first run done | click -> overlay (median of "
+          f"{len(clicks_ms)}) | Run -> done, {n_samples} copies (median of {len(runs_s)}) |")
+    print("|---|---|---|---|---|")
+    print(f"| {machine} | {visible_s:.1f} s | {first_done_s:.1f} s | **{click_ms:.0f} ms** | {run_s:.1f} s |")
+    print(json.dumps({
+        "machine": machine, "cell_to_visible_s": visible_s, "cell_to_first_done_s": first_done_s,
+        "click_to_overlay_ms": clicks_ms, "run_s": runs_s, "n_samples": n_samples, "channels": channels,
+    }))
+
+
+if __name__ == "__main__":
+    main()
