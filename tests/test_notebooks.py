@@ -13,11 +13,12 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs_without_errors(path, monkeypatch):
+def test_notebook_runs_without_errors(path, monkeypatch, tmp_path):
     nb = nbformat.read(path, as_version=4)
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # as in Jupyter
     monkeypatch.setenv("NEURONVIZ_FAST", "1")  # notebooks shrink their settings under this flag
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    # run in a temporary folder: files a notebook saves stay out of the repository
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
     errors = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs if o.output_type == "error"]
     assert not errors, "\n".join(f"{e.ename}: {e.evalue}" for e in errors)
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
