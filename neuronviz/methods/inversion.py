@@ -31,7 +31,7 @@ import math
 import operator
 import sys
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -430,6 +430,7 @@ def guided_feature_inversion(
     loss: str = "paper",
     seed: int = 0,
     device: str | torch.device | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> InversionResult:
     """Explain classes with guided feature inversion: a mask per image from channel weights.
 
@@ -494,6 +495,10 @@ def guided_feature_inversion(
     device : str or torch.device, optional
         Where to compute; None is the model's device. A model elsewhere is moved for the call
         and back.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after every Adam step (``total = stage1_steps +
+        stage2_steps``). An exception it raises (a cancelled job, ``KeyboardInterrupt``) stops
+        the call; the model is restored as after any other error.
 
     Returns
     -------
@@ -594,6 +599,8 @@ def guided_feature_inversion(
                         opt.step()
                         with torch.no_grad():
                             w.clamp_(min=0)
+                        if progress is not None:
+                            progress(k + 1, steps1 + steps2)
                 _check_finite(losses1, "stage 1")
             w1 = w.detach().clone()
 
@@ -615,6 +622,8 @@ def guided_feature_inversion(
                     opt.step()
                     with torch.no_grad():
                         w.clamp_(min=0)
+                    if progress is not None:
+                        progress(steps1 + k + 1, steps1 + steps2)
                 _check_finite(losses2, "stage 2")
 
         with torch.no_grad():

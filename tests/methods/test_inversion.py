@@ -464,3 +464,26 @@ def test_default_model_explains_the_cat_photo(snapshot):
     assert result.mask.shape == (1, 224, 224) and result.weights.shape == (1, 1280)
     assert 0 <= result.mask.min() and result.mask.max() <= 1
     assert np.isfinite(result.losses["stage2"].numpy()).all()
+
+
+def test_progress_is_called_once_per_step_and_raising_in_it_leaves_the_model_as_it_was():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    x = torch.randn(1, 3, 12, 12)
+    calls = []
+    nv.guided_feature_inversion(net, x, mask_layer="1", feature_layer="1", stage1_steps=3, stage2_steps=4,
+                                progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(k, 7) for k in range(1, 8)]
+
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    flags = [p.requires_grad for p in net.parameters()]
+
+    def stop(done, total):
+        if done == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        nv.guided_feature_inversion(net, x, mask_layer="1", feature_layer="1", stage1_steps=3, stage2_steps=4,
+                                    progress=stop)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert [p.requires_grad for p in net.parameters()] == flags
+    assert all(not m._forward_hooks for m in net.modules())
