@@ -11,6 +11,7 @@ from .core.targets import top_predictions
 from .data import augment, deprocess, imagenet_categories, load_digits, preprocess, sample_image, sample_image_names
 from .methods.ace import AceResult, ace, maximal_correlation
 from .methods import saliency
+from .methods.baselines import BaselineScores, baseline_scores
 from .methods.inversion import InversionResult, default_inversion_layers, guided_feature_inversion
 from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
 from .methods.resampling import NeuronScores, overlap, score_neurons
@@ -29,6 +30,8 @@ __all__ = [
     "default_inversion_layers",
     "guided_feature_inversion",
     "saliency",
+    "BaselineScores",
+    "baseline_scores",
     "AceResult",
     "LayerRanking",
     "PCACEScores",
