@@ -612,7 +612,7 @@ class NeuronDetail:
         self.y_axis = bqplot.Axis(scale=self.y_scale, side="left", label="output", tick_format=".3g",
                                   label_offset="45px")
         self.figure = bqplot.Figure(marks=[self.points_mark, self.shown_mark], axes=[self.x_axis, self.y_axis],
-                                    title="no neuron selected",
+                                    title="no neuron selected", title_style={"font-size": "13px"},
                                     fig_margin={"top": 40, "bottom": 50, "left": 65, "right": 15},
                                     layout=W.Layout(width=f"{width}px", height=f"{height}px"), animation_duration=0)
         self.figure.add_class("nv-detail")
@@ -675,7 +675,7 @@ class NeuronDetail:
         with self.shown_mark.hold_sync():
             self.shown_mark.x, self.shown_mark.y = a[idx], o[idx]
         r = _pearson(a, o)
-        self.figure.title = f"{layer} · channel {channel} · r(mean, output) = {'n/a' if math.isnan(r) else f'{r:.2f}'}"
+        self.figure.title = f"{layer} ch {channel} · r(mean, out) = {'n/a' if math.isnan(r) else f'{r:.2f}'}"
         self._show_strip(neuron, opacity)
 
     def _show_strip(self, neuron: Neuron | None, opacity: float) -> None:
