@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from ..core.distributed import Ranks, all_reduce_covariance, shard, use_distribu
 from ..core.errors import NeuronvizError
 from ..core.model_state import on_device, preserved_state, resolve_device
 from ..core.stats import PositionCovariance
-from ..core.streams import RowBuffer, check_reiterable, is_batch_stream, iter_batches
+from ..core.streams import RowBuffer, check_reiterable, count_hint, is_batch_stream, iter_batches
 from ..core.targets import TargetSpec, resolve_target
 from ..core.validation import check_batch, forward_checked
 from .ace import ace_batch
@@ -238,6 +238,28 @@ def project(maps: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     return out
 
 
+Progress = Callable[[int, int], None]
+
+
+def _reporter(progress: Progress | None, images: object, passes: int) -> Callable[[int], None]:
+    """``report(n)``: ``n`` more images went through the network; calls ``progress(done, total)``.
+
+    ``total`` is ``passes`` times the number of images when it can be known without iterating
+    them (:func:`neuronviz.core.streams.count_hint`), else the count so far.
+    """
+    hint = count_hint(images)
+    total = None if hint is None else hint * passes
+    done = 0
+
+    def report(n: int) -> None:
+        nonlocal done
+        done += int(n)
+        if progress is not None:
+            progress(done, max(total or 0, done))
+
+    return report
+
+
 def _available_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
@@ -266,8 +288,10 @@ def _gather(
     dev: torch.device,
     store_dtype: torch.dtype,
     store_device: torch.device | None,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor, int | None]:
     """One forward pass per batch: every layer's maps (kept once, as chunks) and the target values."""
+    report = _reporter(progress, images, 1)
     chunks: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
     values: list[torch.Tensor] = []
     held = 0
@@ -294,6 +318,7 @@ def _gather(
                     )
                 chunks[name].append(a.to(device=where, dtype=store_dtype))
             rec.clear()
+            report(batch.shape[0])  # inside the hooks' scope: raising here removes them on the way out
     if tgt is None:
         raise NeuronvizError("images is empty")
     return chunks, torch.cat(values), tgt.class_index
@@ -481,6 +506,7 @@ def _stream_scores(
     variant: str,
     ranks: Ranks,
     may_fall_back: bool,
+    progress: Progress | None = None,
 ) -> dict[str, PCACEScores]:
     """PCACE in two passes over ``images`` whose memory does not grow with their number.
 
@@ -493,6 +519,7 @@ def _stream_scores(
     """
     size = batch_size or default_batch_size(dev)
     modules = resolve_layers(model, names)
+    report = _reporter(progress, images, 2)
     with preserved_state(model), on_device(model, dev), torch.no_grad():
         model.eval()
         with ActivationCapture(model, names) as rec, _Truncation(model, modules) as cut:
@@ -517,6 +544,7 @@ def _stream_scores(
                     for name, a in maps.items():
                         covs[name].update(a)
                     n_first += batch.shape[0]
+                    report(batch.shape[0])
             cls, shapes = _agree(ranks, names, n_first, tgt, {n: tuple(c.mean.shape) for n, c in covs.items()})
             components = {}
             for name in names:
@@ -550,6 +578,7 @@ def _stream_scores(
                         mean, directions, _ = components[name]
                         projections[name].append(project(_maps(acts[name], name).double() - mean, directions))
                     rec.clear()
+                    report(batch.shape[0])
 
     y = ranks.gather_rows(values.rows())
     n_second = y.numel()
@@ -632,6 +661,7 @@ def pcace(
     offload: str | torch.device | None = None,
     streaming: bool | None = None,
     distributed: bool | None = None,
+    progress: Progress | None = None,
 ) -> PCACEScores:
     """Rank the channels of ``layer`` by PCACE.
 
@@ -694,6 +724,12 @@ def pcace(
         None: reduce across ranks when a process group of several ranks is initialised
         (every rank must then make the same call: one rank calling alone would wait for the
         others); False: rank this process's images alone; True: require a process group.
+    progress : callable, optional
+        Called as ``progress(done, total)`` after each batch of every forward pass, counting
+        images: ``total`` is the number of images (twice that when streaming, which reads them
+        twice; for an iterable of unknown length, ``done`` so far). Distributed, each rank
+        reports its own counts. An exception it raises (a cancelled job, ``KeyboardInterrupt``)
+        stops the call and propagates, with every hook removed and the model as before.
 
     Returns
     -------
@@ -715,6 +751,7 @@ def pcace(
     ranking = rank_layers(
         model, images, [layer], target, n_components=n_components, batch_size=batch_size, device=device,
         variant=variant, store_dtype=store_dtype, offload=offload, streaming=streaming, distributed=distributed,
+        progress=progress,
     )
     return ranking[layer]
 
@@ -734,6 +771,7 @@ def rank_layers(
     offload: str | torch.device | None = None,
     streaming: bool | None = None,
     distributed: bool | None = None,
+    progress: Progress | None = None,
 ) -> LayerRanking:
     """PCACE for several layers from the same passes over the images, and which layers carry the class.
 
@@ -741,6 +779,9 @@ def rank_layers(
     ----------
     model, images, target, n_components, batch_size, device, variant, store_dtype, offload, streaming, distributed
         As in :func:`pcace`.
+    progress : callable, optional
+        ``progress(done, total)`` after each batch of the forward pass(es), as in :func:`pcace`
+        (all layers come from the same passes, so the count is of images, not of layers).
     layers : sequence of str
         The layers to rank.
     k : int
@@ -766,13 +807,13 @@ def rank_layers(
         try:
             results = _stream_scores(
                 model, images, names, target, batch_size, dev, n_components, variant, ranks,
-                may_fall_back=streaming is None and not active,
+                may_fall_back=streaming is None and not active, progress=progress,
             )
             return LayerRanking(results, k)
         except _TooBig as err:
             warnings.warn(f"{err}; holding the activations instead", RuntimeWarning, stacklevel=2)
     store = torch.device(offload) if offload is not None else None
-    chunks, y, cls = _gather(model, images, names, target, batch_size, dev, store_dtype, store)
+    chunks, y, cls = _gather(model, images, names, target, batch_size, dev, store_dtype, store, progress)
     results = {}
     for name in names:
         results[name] = _finish(chunks.pop(name), y, name, cls, n_components, variant, dev)  # free as we go

@@ -213,3 +213,46 @@ def test_a_request_that_cannot_fit_fails_with_advice(monkeypatch):
     monkeypatch.setattr(module, "_available_bytes", lambda device: 1000)
     with pytest.raises(NeuronvizError, match="float16.*offload"):
         pcace(Planted(), planted_images(40), "scaled", target=0)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_progress_counts_the_images_of_every_forward_pass(streaming):
+    calls = []
+    rank_layers(Planted(), planted_images(50), ["scaled"], target=0, batch_size=20, streaming=streaming,
+                progress=lambda done, total: calls.append((done, total)))
+    if streaming:  # two passes over the images
+        assert calls == [(20, 100), (40, 100), (50, 100), (70, 100), (90, 100), (100, 100)]
+    else:
+        assert calls == [(20, 50), (40, 50), (50, 50)]
+
+
+def test_progress_of_a_loader_of_unknown_length_never_runs_ahead_of_its_total():
+    batches = [planted_images(25, seed=s) for s in range(2)]
+    calls = []
+    pcace(Planted(), iter(batches), "scaled", target=0, streaming=False,
+          progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(25, 25), (50, 50)]
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_raising_from_progress_stops_the_call_and_leaves_no_hook(streaming, snapshot):
+    model = Planted()
+    model.train()
+    snap = snapshot(model)
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if done >= 40:
+            raise Stop("cancelled")
+
+    with pytest.raises(Stop):
+        rank_layers(model, planted_images(100), ["scaled", "feat"], target=0, batch_size=20, streaming=streaming,
+                    progress=progress)
+    assert calls == [20, 40]  # nothing ran after the raise
+    assert model.calls == 2
+    snap.assert_unchanged()
