@@ -19,7 +19,7 @@ from .models import default_model, digits_model
 from .render import render_scores
 from .render.inversion import render_inversion
 from .render.pcace import render_layer_ranking, render_pcace
-from .widgets import NeuronExplorer, demo
+from .widgets import App, InversionView, NeuronExplorer, PCACEView, app, demo
 
 __version__ = "0.1.0"
 
@@ -63,4 +63,8 @@ __all__ = [
     "sample_image_names",
     "score_neurons",
     "top_predictions",
+    "App",
+    "InversionView",
+    "PCACEView",
+    "app",
 ]

@@ -25,6 +25,17 @@ Panels
 :class:`BackgroundView`
     Base class of a view: a VBox with a worker, a run bar, ``status``/``error`` traits,
     ``wait``/``cancel`` and a static PNG alongside the widget in its display data.
+
+Shared by several views
+-----------------------
+:class:`ClassChoices`
+    The classes a view can explain, most probable first, named for ImageNet models.
+:class:`ExportRow`
+    A file name, an Export button and a message.
+:func:`hold_model`
+    Runs of different views on one model take turns (hooks and restored states must not mix).
+:func:`figure_png`
+    A matplotlib figure as a small PNG for the display data.
 """
 
 from __future__ import annotations
@@ -32,8 +43,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import contextlib
 import math
-from typing import Any, Callable, Sequence
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
 
 import bqplot
 import ipywidgets as W
@@ -42,6 +58,7 @@ import torch
 import traitlets
 from PIL import Image, ImageDraw
 
+from ..core.errors import NeuronvizError
 from ..methods.resampling import NeuronScores, overlap
 from ..render.explorer import BOTH_COLOUR, BOX_COLOUR, blend_overlay, cell_box, layer_colour, strongest_cell
 from ..render.maps import upsample_map
@@ -54,6 +71,12 @@ __all__ = [
     "SelectionLists",
     "NeuronDetail",
     "BackgroundView",
+    "ClassChoices",
+    "ExportRow",
+    "check_dpi",
+    "figure_png",
+    "hold_model",
+    "model_lock",
     "encode_png",
     "to_uint8",
     "format_score",
@@ -879,3 +902,190 @@ def _error_message(err: BaseException | None) -> str:
         return "unknown error"
     text = str(err).strip()
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# shared by several views
+
+
+class ClassChoices:
+    """The classes a view can explain, most probable first, named for 1000-class (ImageNet) models.
+
+    Parameters
+    ----------
+    probabilities : sequence of float or torch.Tensor
+        (classes,) probability of every class (on one image, or averaged over a set).
+    names : sequence of str, optional
+        Class names; default the ImageNet names for 1000 classes, else ``"class i"``.
+    """
+
+    def __init__(self, probabilities: Sequence[float] | torch.Tensor, names: Sequence[str] | None = None) -> None:
+        probs = torch.as_tensor(probabilities, dtype=torch.float64).reshape(-1)
+        self.n_classes = int(probs.numel())
+        if names is None and self.n_classes == 1000:
+            from ..data import imagenet_categories  # the 1000 ImageNet names, bundled
+
+            names = imagenet_categories()
+        self.names = list(names) if names is not None else None
+        self.probabilities = {i: float(p) for i, p in enumerate(probs.tolist())}
+        self.ranked = sorted(self.probabilities, key=lambda c: (-self.probabilities[c], c))
+
+    @property
+    def predicted(self) -> int:
+        """The most probable class."""
+        return self.ranked[0]
+
+    def name(self, c: int | None) -> str:
+        """``"Egyptian cat (285)"`` for ImageNet, ``"class 3"`` otherwise."""
+        if c is None:
+            return "a callable target"
+        if self.names is not None:
+            return f"{self.names[c]} ({c})"
+        return f"class {c}"
+
+    def options(self, extra: Sequence[int] = (), k: int = 5) -> list[tuple[str, int]]:
+        """Dropdown options: the ``k`` most probable classes, then ``extra`` ones, with their probabilities."""
+        chosen = list(dict.fromkeys(self.ranked[:k] + [int(c) for c in extra]))
+        return [(f"{self.name(c)}  p={self.probabilities[c]:.3f}", c) for c in chosen]
+
+    def check(self, value: object) -> int:
+        """``value`` as a class index, or a :class:`NeuronvizError` naming the range."""
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < self.n_classes:
+            raise NeuronvizError(
+                f"target must be a class index in 0..{self.n_classes - 1} (the model has {self.n_classes} classes), "
+                f"got {value!r}"
+            )
+        return int(value)
+
+    def pick(self, dropdown: W.Dropdown, value: object) -> int:
+        """Set ``dropdown`` to class ``value`` (checked), adding it to the options when missing."""
+        value = self.check(value)
+        current = [v for _label, v in dropdown.options]
+        if value not in current:
+            dropdown.options = self.options(current + [value], k=0)
+        dropdown.value = value
+        return value
+
+
+class ExportRow:
+    """A file name, an Export button and a message; the button calls ``on_export(path)``.
+
+    DOM classes: ``nv-export-path``, ``nv-export``, ``nv-export-message``.
+
+    Parameters
+    ----------
+    on_export : callable
+        ``on_export(path) -> pathlib.Path`` writes the file; an exception goes to ``on_error``.
+    on_error : callable
+        ``on_error(exception)``, e.g. :meth:`BackgroundView.report_error`.
+    filename : str
+        The name offered at first.
+    """
+
+    def __init__(self, on_export: Callable[[str], Path], on_error: Callable[[BaseException], None],
+                 filename: str = "view.png") -> None:
+        self._on_export, self._on_error = on_export, on_error
+        self.path = W.Text(value=filename, description="file", layout=W.Layout(width="260px"),
+                           style={"description_width": "40px"})
+        self.path.add_class("nv-export-path")
+        self.button = W.Button(description="Export", icon="download", tooltip="save the view as PNG, SVG or PDF")
+        self.button.add_class("nv-export")
+        self.message = W.HTML("")
+        self.message.add_class("nv-export-message")
+        self.button.on_click(lambda _b: self.export())
+        self.widget = W.HBox([self.path, self.button, self.message], layout=W.Layout(align_items="center"))
+
+    def export(self) -> None:
+        """What a click does: write the named file and say so, or report the error."""
+        try:
+            path = Path(self._on_export(self.path.value.strip()))
+            self.message.value = f"saved <code>{html.escape(str(path))}</code> ({path.stat().st_size // 1024} kB)"
+        except Exception as err:  # noqa: BLE001 - shown in the widget, not lost in a callback log
+            self.message.value = ""
+            self._on_error(err)
+
+
+def check_dpi(dpi: object) -> int:
+    """``dpi`` as an int in [10, 1200], or a :class:`NeuronvizError`."""
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 10 <= dpi <= 1200:
+        raise NeuronvizError(f"dpi must be a number between 10 and 1200, got {dpi!r}")
+    return int(dpi)
+
+
+def figure_png(fig: Any, dpi: int) -> bytes:
+    """A matplotlib figure as a PNG of 256 colours, the picture beside a widget in its display data.
+
+    256 colours keep notebooks small; the picture is a preview, the views' ``export`` is the
+    print version.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    quantized = Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
+    out = io.BytesIO()
+    quantized.save(out, format="PNG")
+    return out.getvalue()
+
+
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.Lock:
+    """The lock of ``model`` that every neuronviz view holds while it runs the model.
+
+    Two threads running one model at once would mix their forward hooks (each recording the
+    other's passes) and their saved states (one restoring the modes or ``requires_grad`` flags
+    the other had changed), so the views of an app take turns.
+    """
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
+
+
+@contextlib.contextmanager
+def hold_model(
+    model: Any,
+    job: Job | None = None,
+    *,
+    on_wait: Callable[[], None] | None = None,
+    timeout: float | None = None,
+) -> Iterator[None]:
+    """Hold :func:`model_lock` of ``model`` for the block, waiting while another run holds it.
+
+    Parameters
+    ----------
+    model : object
+        The model (any weak-referenceable object).
+    job : Job, optional
+        A background job: it stays cancellable while waiting (:meth:`Job.check` every 0.1 s).
+    on_wait : callable, optional
+        Called once if the lock is taken when the block starts (e.g. to say so in the widget).
+    timeout : float, optional
+        Seconds to wait at most (None: as long as it takes).
+
+    Raises
+    ------
+    JobCancelled
+        ``job`` was cancelled while waiting.
+    NeuronvizError
+        ``timeout`` passed.
+    """
+    lock = model_lock(model)
+    if not lock.acquire(blocking=False):
+        if on_wait is not None:
+            on_wait()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not lock.acquire(timeout=0.1):
+            if job is not None:
+                job.check()
+            if deadline is not None and time.monotonic() > deadline:
+                raise NeuronvizError(
+                    f"the model is busy with another view's run for more than {timeout:g} s; wait for it to end "
+                    "(view.wait()) or cancel it"
+                )
+    try:
+        yield
+    finally:
+        lock.release()
