@@ -187,6 +187,12 @@ class ChannelBars:
         if rank is not None:
             colours[rank] = SELECTED_COLOUR
         self.bars_mark.colors = colours
+        self._quiet += 1
+        try:
+            # the mark's selection follows the view's, so that a click on any other bar is a change
+            self.bars_mark.selected = None if rank is None else [rank]
+        finally:
+            self._quiet -= 1
         with self.selected_mark.hold_sync():
             if rank is None:
                 self.selected_mark.x, self.selected_mark.y = np.zeros(0, dtype=int), np.zeros(0)
@@ -267,6 +273,8 @@ class LayerBars:
                 self.max_mark.x = self.layers
                 self.max_mark.y = np.asarray([rows[name]["max"] for name in self.layers])
             self.bars_mark.colors = [_SHOWN_LAYER_COLOUR if name == shown else BAR_COLOUR for name in self.layers]
+            # the mark's selection follows the shown layer, so that a click on any other bar is a change
+            self.bars_mark.selected = [self.layers.index(shown)] if shown in self.layers else None
             self.figure.title = f"mean of each layer's top {ranking.k} (◆ best channel)"
         finally:
             self._quiet -= 1

@@ -1,0 +1,274 @@
+"""InversionView: both masks over the image, sliders wait for Run, cancel, stale runs, errors, export."""
+
+from __future__ import annotations
+
+import base64
+import io
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import neuronviz as nv
+from neuronviz.widgets import InversionView
+from neuronviz.widgets.inversion_view import _resize_mask
+
+from explorer_nets import gated_cnn, image
+
+STEPS = {"stage1_steps": 3, "stage2_steps": 4}
+
+
+@pytest.fixture
+def net():
+    return gated_cnn()
+
+
+@pytest.fixture
+def x():
+    return image()
+
+
+def finished(net, x, **kwargs) -> InversionView:
+    v = InversionView(net, x, **{**STEPS, **kwargs})
+    v.wait(60)
+    assert v.status == "done", v.error
+    return v
+
+
+def direct(net, x, **kwargs) -> nv.InversionResult:
+    args = {"mask_layer": "conv2", "feature_layer": "conv2", **STEPS, **kwargs}
+    return nv.guided_feature_inversion(net, x, **args)
+
+
+# ------------------------------------------------------------------------------ a run
+
+
+def test_the_first_run_starts_by_itself_and_matches_guided_feature_inversion(net, x, snapshot):
+    snap = snapshot(net)
+    v = InversionView(net, x, **STEPS)
+    assert v.status == "running"
+    v.wait(60)
+    assert v.status == "done" and v.error is None
+    assert "done · 3+4 steps" in v.run_bar.status.value
+    assert (v.mask_layer, v.feature_layer) == ("conv2", "conv2")  # the last convolution, for both
+    expected = direct(net, x, target=v.target)
+    torch.testing.assert_close(v.result.mask, expected.mask)
+    torch.testing.assert_close(v.result.inversion_mask, expected.inversion_mask)
+    snap.assert_unchanged()  # parameters, requires_grad, .grad, modes and hooks
+
+
+def test_both_masks_are_drawn_over_the_image_and_the_losses_plotted(net, x):
+    v = InversionView(net, x, autorun=False, **STEPS)
+    plain = v.stage2.picture.value
+    v.run()
+    v.wait(60)
+    r = v.result
+    size = v.image.shape[:2]
+    torch.testing.assert_close(v.stage1.amap, _resize_mask(r.inversion_mask[0], size))
+    torch.testing.assert_close(v.stage2.amap, _resize_mask(r.mask[0], size))
+    assert v.stage2.picture.value != plain and v.stage1.box is None
+    picture = np.asarray(Image.open(io.BytesIO(v.stage2.picture.value)).convert("RGB"))
+    assert picture.shape == (224, 224, 3)
+    np.testing.assert_allclose(v.stage1_line.y, r.losses["stage1"][0].numpy())
+    np.testing.assert_allclose(v.stage2_line.y, r.losses["stage2"][0].numpy())
+    assert list(v.stage2_line.x) == [4, 5, 6, 7]  # stage 2 continues the step count
+    assert "p = " in v.info.value and "conv2" in v.info.value
+    # the opacity slider redraws without a run
+    job, before = v._worker.latest, v.stage1.picture.value
+    v.stage1.opacity.value = 0.2
+    assert v.stage1.picture.value != before and v._worker.latest is job
+
+
+def test_progress_follows_the_adam_steps(net, x):
+    seen = []
+    v = InversionView(net, x, autorun=False, **STEPS)
+    v.run_bar.progress.observe(lambda c: seen.append(c["new"]), names="value")
+    v.run()
+    v.wait(60)
+    assert seen[-1] == 1.0
+    assert [round(p * 7) for p in seen if 0 < p < 1] == [1, 2, 3, 4, 5, 6]
+
+
+# ------------------------------------------------------------------------------ settings, cancel, stale runs, errors
+
+
+def test_sliders_wait_for_run_and_reach_it(net, x, snapshot):
+    v = finished(net, x)
+    before = v.result
+    snap = snapshot(net)
+    v.lam_slider.value = 2.5
+    v.delta_slider.value = 0.5
+    v.stage1_slider.value = 2
+    v.stage2_slider.value = 3
+    v.background_picker.value = "mean"
+    assert v.result is before and v.status == "done"  # nothing ran
+    assert "press Run" in v.run_bar.status.value
+    assert all(not s.continuous_update for s in (v.lam_slider, v.delta_slider, v.stage1_slider, v.stage2_slider))
+    v.run_bar.run_button.click()
+    v.wait(60)
+    expected = direct(net, x, target=v.target, lam=2.5, delta=0.5, stage1_steps=2, stage2_steps=3,
+                      background="mean")
+    torch.testing.assert_close(v.result.mask, expected.mask)
+    assert v.result.background == "mean" and v.result.losses["stage1"].shape == (1, 2)
+    assert v.settings["lam"] == 2.5 and v.settings["stage2_steps"] == 3
+    snap.assert_unchanged()
+
+
+def test_python_settings_are_validated_and_reach_the_next_run(net, x):
+    v = finished(net, x)
+    other = (v.target + 1) % 5
+    v.target, v.lam, v.delta, v.stage1_steps, v.stage2_steps = other, 0.0, 30.0, 0, 2
+    assert v.delta_slider.max >= 30.0  # a value above the slider's range widens it
+    v.lr, v.gamma, v.loss, v.seed, v.background = 0.05, 1.0, "relative", 3, "noise"
+    v.run()
+    v.wait(60)
+    expected = direct(net, x, target=other, lam=0.0, delta=30.0, stage1_steps=0, stage2_steps=2, lr=0.05,
+                      gamma=1.0, loss="relative", seed=3, background="noise")
+    torch.testing.assert_close(v.result.mask, expected.mask)
+    assert v.result.target == [other]
+    for name, bad in (("lam", -1), ("delta", float("nan")), ("stage1_steps", -1), ("stage2_steps", 1.5),
+                      ("background", "white"), ("loss", "l2"), ("lr", 0), ("target", 5), ("seed", -1)):
+        with pytest.raises(nv.NeuronvizError, match=name if name != "target" else "0..4"):
+            setattr(v, name, bad)
+
+
+def test_cancel_keeps_the_previous_masks_and_restores_the_model(net, x, snapshot):
+    v = finished(net, x)
+    before = v.result
+    snap = snapshot(net)
+    net.gate.close()
+    v.run()
+    assert net.gate.entered.wait(20)
+    v.run_bar.cancel_button.click()
+    net.gate.open()
+    v.wait(60)
+    assert v.status == "cancelled" and v.result is before
+    snap.assert_unchanged()  # requires_grad back on after the cancelled optimisation
+
+
+def test_a_newer_run_supersedes_the_running_one(net, x):
+    applied = []
+
+    class Recording(InversionView):
+        def _apply(self, outcome):
+            applied.append(outcome[0].lam)
+            super()._apply(outcome)
+
+    v = Recording(net, x, autorun=False, **STEPS)
+    net.gate.close()
+    v.lam = 1.5
+    first = v.run()
+    assert net.gate.entered.wait(20)
+    v.lam = 3.0
+    second = v.run()
+    net.gate.open()
+    v.wait(60)
+    assert applied == [3.0]
+    assert first.state == "cancelled" and second.state == "done"
+
+
+class NoGradients(nn.Module):
+    """A classifier that refuses to run on inputs that need gradients (any optimisation step)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        if x.requires_grad:
+            raise RuntimeError("this model refuses gradients")
+        return self.inner(x)
+
+
+def test_an_error_in_the_run_is_shown_and_the_model_kept(x, snapshot):
+    model = NoGradients(gated_cnn())
+    snap = snapshot(model)
+    v = InversionView(model, x, **STEPS)
+    v.wait(60)
+    assert v.status == "error" and v.result is None
+    assert "refuses gradients" in v.error and "refuses gradients" in v.run_bar.error.value
+    snap.assert_unchanged()
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lam": -1.0}, "lam"),
+        ({"delta": float("inf")}, "delta"),
+        ({"stage1_steps": -1}, "stage1_steps"),
+        ({"stage2_steps": 2.5}, "stage2_steps"),
+        ({"background": "white"}, "background"),
+        ({"loss": "l1"}, "loss"),
+        ({"lr": 0.0}, "lr"),
+        ({"target": 5}, "target"),
+        ({"mask_layer": "fc"}, "spatial"),
+        ({"mask_layer": "conv_2"}, "conv2"),
+        ({"feature_layer": 3}, "feature_layer"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_arguments_fail_early_with_a_clear_error(net, x, kwargs, message, snapshot):
+    snap = snapshot(net)
+    with pytest.raises(nv.NeuronvizError, match=message):
+        InversionView(net, x, autorun=False, **kwargs)
+    snap.assert_unchanged()
+
+
+def test_bad_images_and_models_are_refused_early(net):
+    with pytest.raises(nv.NeuronvizError, match="one|image"):
+        InversionView(net, torch.randn(2, 3, 16, 16), autorun=False)
+    with pytest.raises(nv.NeuronvizError, match="classes"):
+        InversionView(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), image(), autorun=False)
+
+
+# ------------------------------------------------------------------------------ export and display
+
+
+def test_export_writes_png_svg_and_pdf(net, x, tmp_path):
+    v = finished(net, x)
+    png = v.export(tmp_path / "inv.png", dpi=60).read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = v.export(tmp_path / "inv.svg")
+    assert b"<svg" in svg.read_bytes()[:2000] and ET.parse(svg).getroot().tag.endswith("svg")
+    pdf = v.export(tmp_path / "inv.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and b"%%EOF" in pdf[-1024:]
+    titles = [ax.get_title() for ax in v.figure(dpi=50).axes]
+    assert f"stage 2: class {v.target}" in titles  # the tiny net's classes are not named as ImageNet's
+
+
+def test_export_refuses_other_suffixes_and_early_calls(net, x, tmp_path):
+    fresh = InversionView(net, x, autorun=False)
+    with pytest.raises(nv.NeuronvizError, match="run"):
+        fresh.export(tmp_path / "inv.png")
+    with pytest.raises(nv.NeuronvizError, match=r"\.png"):
+        fresh.export(tmp_path / "inv.gif")
+    fresh.exporter.path.value = str(tmp_path / "inv.png")
+    fresh.exporter.button.click()
+    assert "first run" in fresh.error and "first run" in fresh.run_bar.error.value
+
+
+def test_the_display_data_holds_the_widget_and_a_png(net, x):
+    v = InversionView(net, x, autorun=False, **STEPS)
+    bundle = v._repr_mimebundle_()
+    assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == v.model_id
+    assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    v.run()
+    v.wait(60)
+    after = Image.open(io.BytesIO(base64.b64decode(v._repr_mimebundle_()["image/png"])))
+    assert after.width > 300  # the three panels of render_inversion
+
+
+def test_dom_classes_for_browser_tests(net, x):
+    v = InversionView(net, x, autorun=False)
+    classes = {
+        "nv-inversion": v, "nv-run": v.run_bar.run_button, "nv-cancel": v.run_bar.cancel_button,
+        "nv-progress": v.run_bar.progress, "nv-status": v.run_bar.status, "nv-mask-stage1": v.stage1.picture,
+        "nv-mask-stage2": v.stage2.picture, "nv-losses": v.losses, "nv-target": v.target_picker,
+        "nv-lam": v.lam_slider, "nv-delta": v.delta_slider, "nv-stage1": v.stage1_slider,
+        "nv-stage2": v.stage2_slider, "nv-background": v.background_picker, "nv-export": v.exporter.button,
+    }
+    for css, widget in classes.items():
+        assert css in widget._dom_classes, css
