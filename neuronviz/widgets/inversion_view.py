@@ -533,10 +533,11 @@ class InversionView(BackgroundView):
                                         marker="circle", marker_size=12)
         axes = [
             bqplot.Axis(scale=self.loss_x, label="step", tick_format="d"),
-            bqplot.Axis(scale=self.loss_y1, side="left", label="stage-1 loss", tick_format=".3g",
-                        color=_STAGE1_COLOUR, label_offset="45px"),
-            bqplot.Axis(scale=self.loss_y2, side="right", label="stage-2 loss", tick_format=".3g",
-                        color=_STAGE2_COLOUR, label_offset="45px"),
+            # SI prefixes keep the ticks short: the stage-1 squared error often runs into the thousands
+            bqplot.Axis(scale=self.loss_y1, side="left", label="stage-1 loss", tick_format=".3s",
+                        color=_STAGE1_COLOUR, label_offset="48px"),
+            bqplot.Axis(scale=self.loss_y2, side="right", label="stage-2 loss", tick_format=".3s",
+                        color=_STAGE2_COLOUR, label_offset="48px"),
         ]
         self.losses = bqplot.Figure(marks=[self.stage1_line, self.stage2_line], axes=axes, title="loss per step",
                                     fig_margin={"top": 40, "bottom": 45, "left": 65, "right": 65},

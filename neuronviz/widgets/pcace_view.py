@@ -137,12 +137,14 @@ class ChannelBars:
         scales = {"x": self.x_scale, "y": self.y_scale}
         tooltip = bqplot.Tooltip(fields=["index", "x", "y"], formats=["", "", ".3f"],
                                  labels=["rank (0 = best)", "channel", "PCACE score"])
-        self.bars_mark = bqplot.Bars(x=[], y=[], scales=scales, colors=[BAR_COLOUR], color_mode="element", padding=0.15,
+        self.bars_mark = bqplot.Bars(x=[], y=[], scales=scales, colors=[BAR_COLOUR], padding=0.15,
                                      stroke_width=0.0, interactions={"click": "select", "hover": "tooltip"},
                                      tooltip=tooltip, selected_style={}, unselected_style={})
         self.selected_mark = bqplot.Scatter(x=[], y=[], scales=scales, marker="triangle-down", default_size=70,
                                             colors=[SELECTED_COLOUR])
-        self.x_axis = bqplot.Axis(scale=self.x_scale, label="channels, best first (click a bar)", tick_values=[])
+        # hundreds of channel numbers would overlap into a black band: the tooltip names each bar instead
+        self.x_axis = bqplot.Axis(scale=self.x_scale, label="channels, best first (click a bar)",
+                                  tick_style={"display": "none"})
         axes = [self.x_axis,
                 bqplot.Axis(scale=self.y_scale, side="left", label="PCACE score", tick_format=".1f",
                             label_offset="40px")]
@@ -236,7 +238,7 @@ class LayerBars:
         self.y_scale = bqplot.LinearScale(min=0.0, max=1.05)
         scales = {"x": self.x_scale, "y": self.y_scale}
         tooltip = bqplot.Tooltip(fields=["x", "y"], formats=["", ".3f"], labels=["layer", "mean top-k score"])
-        self.bars_mark = bqplot.Bars(x=[], y=[], scales=scales, colors=[BAR_COLOUR], color_mode="element", padding=0.2,
+        self.bars_mark = bqplot.Bars(x=[], y=[], scales=scales, colors=[BAR_COLOUR], padding=0.2,
                                      interactions={"click": "select", "hover": "tooltip"}, tooltip=tooltip,
                                      selected_style={}, unselected_style={})
         self.max_mark = bqplot.Scatter(x=[], y=[], scales=scales, marker="diamond", default_size=40,
@@ -275,7 +277,7 @@ class LayerBars:
             self.bars_mark.colors = [_SHOWN_LAYER_COLOUR if name == shown else BAR_COLOUR for name in self.layers]
             # the mark's selection follows the shown layer, so that a click on any other bar is a change
             self.bars_mark.selected = [self.layers.index(shown)] if shown in self.layers else None
-            self.figure.title = f"mean of each layer's top {ranking.k} (◆ best channel)"
+            self.figure.title = f"mean top-{ranking.k} per layer (◆ best)"
         finally:
             self._quiet -= 1
         best = ranking.best()
@@ -733,8 +735,9 @@ class PCACEView(BackgroundView):
         explained = float(scores.explained_variance[channel].sum())
         self.selected_info.value = (
             f"<div style='font-size:12px'>PCACE score <b>{float(scores.scores[channel]):.3f}</b> "
-            f"(#{rank + 1} of {scores.scores.numel()}) · its {scores.n_components} component"
-            f"{'s' if scores.n_components > 1 else ''} explain {explained:.0%} of the standardised variance</div>"
+            f"(#{rank + 1} of {scores.scores.numel()}) · its "
+            f"{'component explains' if scores.n_components == 1 else f'{scores.n_components} components explain'} "
+            f"{explained:.0%} of the standardised variance</div>"
         )
         maps = result.maps[layer]
         opacity = float(self.opacity.value)
