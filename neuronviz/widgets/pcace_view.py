@@ -374,8 +374,9 @@ class PCACEView(BackgroundView):
     images : torch.Tensor
         (N, C, H, W) images of one class, normalised as the model expects, at least 20 (40 or
         more give steadier scores); e.g. ``nv.augment(nv.sample_image("coffee"), 48)``, random
-        views of one photo. Three-channel images are drawn as for the default model's
-        normalisation (:func:`neuronviz.deprocess`), others in grey.
+        views of one photo. Used as given (not copied), on the CPU. Three-channel images are
+        drawn as for the default model's normalisation (:func:`neuronviz.deprocess`), others in
+        grey.
     layers : sequence of str, optional
         Layers to rank; default :func:`pcace_layers`.
     target : int, optional
@@ -427,7 +428,7 @@ class PCACEView(BackgroundView):
                 f"PCACE needs at least {MIN_IMAGES} images (40 or more are better), got {images.shape[0]}; "
                 "nv.augment(photo, 48) makes random views of one photo"
             )
-        images = images.detach().float().cpu().clone()  # never the caller's tensor: a later edit must not leak in
+        images = images.detach().to("cpu", torch.float32)  # not copied: a set of images can be large
         n_components = _check_int("n_components", n_components, 1, _MAX_COMPONENTS)
         top_k = _check_int("top_k", top_k, 1)
         n_shown = _check_int("n_shown", n_shown, 1, 8)
