@@ -15,8 +15,7 @@ from ..core.errors import NeuronvizError
 from .colab import enable_colab_widgets
 from .explorer import NeuronExplorer, _check_int
 from .inversion_view import InversionView
-from .jobs import Job
-from .panels import BackgroundView, hold_model
+from .panels import BackgroundView
 from .pcace_view import PCACEView
 
 __all__ = ["App", "app", "TABS"]
@@ -24,18 +23,6 @@ __all__ = ["App", "app", "TABS"]
 #: The tabs of an :class:`App`, in order.
 TABS = ("explorer", "pcace", "inversion")
 _TITLES = {"explorer": NeuronExplorer.title, "pcace": PCACEView.title, "inversion": InversionView.title}
-
-
-class _SharedExplorer(NeuronExplorer):
-    """A NeuronExplorer whose runs take turns with the app's other views on the model."""
-
-    def _compute(self, job: Job, s: Any, perturbation: Any) -> Any:
-        with hold_model(self.model, job, on_wait=self._waiting):
-            return super()._compute(job, s, perturbation)
-
-    def _waiting(self) -> None:
-        with self.lock:
-            self.run_bar.status.value = "waiting: another view is running this model"
 
 
 class App(W.Tab):
@@ -227,12 +214,7 @@ class App(W.Tab):
             kwargs.setdefault("target", self._target)
         model, x = self.model, self.x
         if name == "explorer":
-            autorun = kwargs.pop("autorun", True)
-            with hold_model(model):  # its constructor runs the model, like the other views' (which hold it too)
-                view = _SharedExplorer(model, x, autorun=False, **kwargs)
-            if autorun:
-                view.run()
-            return view
+            return NeuronExplorer(model, x, **kwargs)
         if name == "inversion":
             return InversionView(model, x, **kwargs)
         images = self._images

@@ -33,7 +33,7 @@ from ..render.pcace import display_images
 from .colab import enable_colab_widgets
 from .controls import STRENGTHS, RunSettings, SettingsPanel, check_kind, check_strength, perturbation_for
 from .jobs import Job
-from .panels import BackgroundView, NeuronDetail, NeuronScatter, OverlayPanel, SelectionLists, encode_png, format_score
+from .panels import BackgroundView, NeuronDetail, hold_model, NeuronScatter, OverlayPanel, SelectionLists, encode_png, format_score
 
 __all__ = ["NeuronExplorer", "demo", "default_layers", "DISPLAY_SIZE"]
 
@@ -228,7 +228,8 @@ class NeuronExplorer(BackgroundView):
         device = _check_device(model, device)
 
         try:
-            summary = layer_summary(model, x.to(model_device(model)))
+            with hold_model(model):  # a running view of this model would mix its hooks with ours
+                summary = layer_summary(model, x.to(model_device(model)))
         except NeuronvizError:
             raise
         except RuntimeError as err:
@@ -236,7 +237,8 @@ class NeuronExplorer(BackgroundView):
         self._summary = {info.name: info for info in summary}
         layers = default_layers(model, summary) if layers is None else self._check_layers(model, layers)
         try:
-            predictions = top_predictions(model, x, k=10**9)  # every class, most probable first
+            with hold_model(model):
+                predictions = top_predictions(model, x, k=10**9)  # every class, most probable first
         except NeuronvizError as err:
             raise NeuronvizError(
                 f"the explorer explains one class of a classifier that returns (N, classes) scores: {err}. "
@@ -460,6 +462,10 @@ class NeuronExplorer(BackgroundView):
 
     def _compute(self, job: Job, s: RunSettings, perturbation: Perturbation) -> _RunResult:
         """The run, in the worker thread: scores, the clean maps, a few copies and their maps."""
+        with hold_model(self.model, job, on_wait=self._waiting):  # other views of this model take turns
+            return self._compute_held(job, s, perturbation)
+
+    def _compute_held(self, job: Job, s: RunSettings, perturbation: Perturbation) -> _RunResult:
         start = time.perf_counter()
         dev = resolve_device(self.model, s.device)
         scores = score_neurons(

@@ -493,10 +493,6 @@ class InversionView(BackgroundView):
             )
         return s, result, time.perf_counter() - start
 
-    def _waiting(self) -> None:
-        with self.lock:
-            self.run_bar.status.value = "waiting: another view is running this model"
-
     def _run_clicked(self) -> None:
         try:
             self.run()

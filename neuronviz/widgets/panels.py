@@ -813,6 +813,13 @@ class BackgroundView(W.VBox):
     def _done_text(self) -> str:
         return "done"
 
+    def _waiting(self) -> None:
+        """Say in the widget that the run waits for another view's run on the same model."""
+        with self.lock:
+            latest = self._worker.latest
+            if latest is None or not latest.cancelled:
+                self.run_bar.status.value = "waiting: another view is running this model"
+
     def _show_failure(self, err: BaseException | None) -> None:
         message = _error_message(err)
         self.error = message

@@ -681,11 +681,6 @@ class PCACEView(BackgroundView):
                 maps[layer] = batch_maps(self.model, self.images[: self.n_shown], layer)[0]
         return _Run(s, ranking, maps, time.perf_counter() - start)
 
-    def _waiting(self) -> None:
-        with self.lock:
-            if not self._worker.latest or not self._worker.latest.cancelled:
-                self.run_bar.status.value = "waiting: another view is running this model"
-
     def _run_clicked(self) -> None:
         try:
             self.run()

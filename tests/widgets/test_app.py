@@ -131,6 +131,24 @@ def test_the_views_of_an_app_never_run_the_model_at_once(net):
     app.close()
 
 
+def test_views_made_on_their_own_in_separate_cells_also_take_turns_on_the_model(net):
+    state = count_concurrent_passes(net)
+    views = [
+        NeuronExplorer(net, image(), n_samples=24),
+        PCACEView(net, image_set(), layers=["conv2"]),
+        InversionView(net, image(), stage1_steps=4, stage2_steps=4),
+    ]
+    for view in views:
+        view.run()
+    for view in views:
+        view.wait(60)
+    assert all(view.status == "done" for view in views)
+    assert state["passes"] > 30 and state["peak"] == 1
+    assert not model_lock(net).locked()
+    for view in views:
+        view.close()
+
+
 def test_without_images_the_pcace_tab_says_what_it_needs(net):
     app = App(net, image(), explorer={"n_samples": 6, "autorun": False})
     app.tab = "pcace"
