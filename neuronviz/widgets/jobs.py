@@ -21,13 +21,19 @@ Example
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import sys
 import threading
 import traceback
+import weakref
 from typing import Any, Callable
 
 __all__ = ["Job", "JobCancelled", "Worker", "STATES"]
+
+#: Seconds the interpreter waits at exit for a cancelled run to reach its next cancel point.
+EXIT_GRACE_S = 10.0
+_live_workers: "weakref.WeakSet[Worker]" = weakref.WeakSet()
 
 #: The states of a :class:`Job`, in the order they can happen.
 STATES = ("pending", "running", "done", "cancelled", "error")
@@ -168,6 +174,7 @@ class Worker:
         self._pending: Job | None = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        _live_workers.add(self)
 
     # ------------------------------------------------------------------ public
 
@@ -326,3 +333,16 @@ class Worker:
         finally:
             job._fn = job._on_progress = job._on_finish = job._worker = None  # drop references to the widget's data
             job._finished.set()
+
+
+@atexit.register
+def _stop_workers_at_exit() -> None:
+    # A daemon thread still inside torch when the interpreter tears down aborts the process
+    # ("terminate called without an active exception"): cancel, and let each run reach a cancel point.
+    workers = list(_live_workers)
+    for worker in workers:
+        worker.close()
+    for worker in workers:
+        thread = worker._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(EXIT_GRACE_S)

@@ -125,3 +125,34 @@ def test_check_raises_job_cancelled_after_cancel():
     worker.wait(10)
     assert job.state == "cancelled"
     worker.close()
+
+
+def test_a_script_that_exits_during_a_run_exits_cleanly(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "exit_during_run.py"
+    script.write_text(textwrap.dedent("""
+        import time
+        import torch
+        from neuronviz.widgets.jobs import Worker
+
+        def work(job):
+            a = torch.randn(400, 400)
+            for i in range(10_000):
+                job.progress(i, 10_000)
+                a = torch.tanh(a @ a.T / 400)  # inside torch most of the time
+            return a
+
+        worker = Worker()
+        job = worker.submit(work)
+        while job.state != "running":
+            time.sleep(0.01)
+        time.sleep(0.3)
+        print("exiting while", job.state, flush=True)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "exiting while running" in done.stdout
+    assert "terminate called" not in done.stderr
