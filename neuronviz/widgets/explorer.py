@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import html
-import io
 import json
 import math
 import time
@@ -33,7 +32,7 @@ from ..render.pcace import display_images
 from .colab import enable_colab_widgets
 from .controls import STRENGTHS, RunSettings, SettingsPanel, check_kind, check_strength, perturbation_for
 from .jobs import Job
-from .panels import BackgroundView, NeuronDetail, hold_model, NeuronScatter, OverlayPanel, SelectionLists, encode_png, format_score
+from .panels import BackgroundView, NeuronDetail, check_dpi, figure_png, hold_model, NeuronScatter, OverlayPanel, SelectionLists, encode_png, format_score
 
 __all__ = ["NeuronExplorer", "demo", "default_layers", "DISPLAY_SIZE"]
 
@@ -659,11 +658,10 @@ class NeuronExplorer(BackgroundView):
             Another suffix, a bad ``dpi``, or no finished run yet.
         """
         path = _check_save_path(path)
-        if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 10 <= dpi <= 1200:
-            raise NeuronvizError(f"dpi must be a number between 10 and 1200, got {dpi!r}")
+        dpi = check_dpi(dpi)
         with self.lock:
             view = self._view()
-        render_explorer(view, path=path, dpi=int(dpi))
+        render_explorer(view, path=path, dpi=dpi)
         return path
 
     def export_scores(self, path: str | Path) -> Path:
@@ -735,14 +733,7 @@ class NeuronExplorer(BackgroundView):
             picture = self.overlay.render() if view is None else None
         if view is None:
             return encode_png(picture)
-        fig = render_explorer(view, dpi=_STATIC_DPI)
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=_STATIC_DPI)
-        # 256 colours keep the notebook small; the picture is a preview, export() is the print version
-        quantized = Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
-        out = io.BytesIO()
-        quantized.save(out, format="PNG")
-        return out.getvalue()
+        return figure_png(render_explorer(view, dpi=_STATIC_DPI), _STATIC_DPI)
 
     # ------------------------------------------------------------------ helpers
 
