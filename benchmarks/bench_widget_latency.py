@@ -70,20 +70,31 @@ def cell_to_widget(page) -> tuple[float, float]:
     return marks["visible"] / 1000, marks["done"] / 1000
 
 
-def click_to_overlay(page, layout: list[tuple[str, int]], clicks: int) -> list[float]:
-    """Milliseconds from a click on a point to the new overlay, one per click."""
-    times = []
-    for k in range(clicks):
+def click_to_overlay(page, layout: list[tuple[str, int]], clicks: int) -> tuple[list[float], int]:
+    """Milliseconds from a click on a point to the new overlay, one per click, and the clicks missed.
+
+    A click that selects nothing within 5 s (it landed on the tooltip or a mark drawn over
+    the point) is counted as missed and another point is tried; it is not timed.
+    """
+    times, missed, k = [], 0, 0
+    while len(times) < clicks and missed <= clicks:
         point, neuron = ex.point_to_click(page, layout, skip=k)
+        k += 1
+        page.mouse.move(5, 5)  # away from the scatter: no tooltip left over the next point
+        page.wait_for_timeout(200)
         ex.start_recording(page)
         before = ex.overlay_src(page)
         page.mouse.click(point["x"], point["y"])
-        pages.wait_until(lambda: ex.overlay_src(page) != before, 30, "the overlay to change")
+        try:
+            pages.wait_until(lambda: ex.overlay_src(page) != before, 5, "the overlay to change")
+        except TimeoutError:
+            missed += 1
+            continue
         pressed = ex.last_click_time(page)
         changed = [e["t"] for e in ex.recorded(page, "src") if e["t"] >= pressed]
         times.append(changed[0] - pressed)
         pages.wait_until(lambda: ex.selected_neuron(page) == neuron, 30, f"{neuron} to be selected")
-    return times
+    return times, missed
 
 
 def full_run(page) -> float:
@@ -126,7 +137,7 @@ def main() -> None:
                     ex.wait_settled(page)
                     layout = ex.parse_channels(pages.cell_output(page, 1))
                     n_samples = int(page.locator(f"{ex.ROOT} .nv-samples .widget-readout").inner_text())
-                    clicks_ms = click_to_overlay(page, layout, args.clicks)
+                    clicks_ms, missed = click_to_overlay(page, layout, args.clicks)
                     runs_s = [full_run(page) for _ in range(args.runs)]
                 finally:
                     browser.close()
@@ -142,9 +153,11 @@ def main() -> None:
           f"{len(clicks_ms)}) | Run -> done, {n_samples} copies (median of {len(runs_s)}) |")
     print("|---|---|---|---|---|")
     print(f"| {machine} | {visible_s:.1f} s | {first_done_s:.1f} s | **{click_ms:.0f} ms** | {run_s:.1f} s |")
+    print(f"clicks missed (landed on no point, not timed): {missed}; click times: "
+          + ", ".join(f"{t:.0f}" for t in clicks_ms) + " ms")
     print(json.dumps({
         "machine": machine, "cell_to_visible_s": visible_s, "cell_to_first_done_s": first_done_s,
-        "click_to_overlay_ms": clicks_ms, "run_s": runs_s, "n_samples": n_samples, "channels": channels,
+        "click_to_overlay_ms": clicks_ms, "clicks_missed": missed, "run_s": runs_s, "n_samples": n_samples, "channels": channels,
     }))
 
 
