@@ -13,7 +13,12 @@ from torch import nn
 import neuronviz as nv
 from neuronviz.core.errors import LayerNotFoundError, NeuronvizError
 from neuronviz.core.perturb import gaussian_blur
-from neuronviz.methods.inversion import InversionResult, default_inversion_layers, guided_feature_inversion
+from neuronviz.methods.inversion import (
+    InversionResult,
+    default_inversion_delta,
+    default_inversion_layers,
+    guided_feature_inversion,
+)
 from neuronviz.methods.saliency import pointing_hit
 from conftest import tiny_cnn
 
@@ -411,6 +416,13 @@ def test_unknown_architecture_with_one_layer_uses_it_for_both(net):
     assert result.mask_layer == result.feature_layer == "pool"
 
 
+def test_delta_defaults_to_the_papers_and_the_one_used_is_recorded(net):
+    assert default_inversion_delta(net) == 1.0
+    x = stripe_image([])
+    assert guided_feature_inversion(net, x, stage1_steps=1, stage2_steps=1, **LAYERS).delta == 1.0
+    assert guided_feature_inversion(net, x, stage1_steps=1, stage2_steps=1, delta=10, **LAYERS).delta == 10.0
+
+
 torchvision = pytest.importorskip("torchvision")
 
 
@@ -464,6 +476,26 @@ def test_default_model_explains_the_cat_photo(snapshot):
     assert result.mask.shape == (1, 224, 224) and result.weights.shape == (1, 1280)
     assert 0 <= result.mask.min() and result.mask.max() <= 1
     assert np.isfinite(result.losses["stage2"].numpy()).all()
+    assert result.delta == default_inversion_delta(model)
+
+
+@pytest.mark.slow
+def test_default_model_separates_two_photos_side_by_side_by_class():
+    """Stage 1 marks both photos; each class's stage-2 mask lies on its own photo."""
+    model = nv.default_model()
+    cat, coffee = (nv.preprocess(nv.sample_image(name)) for name in ("cat", "coffee"))
+    x = torch.cat([cat, coffee], dim=3)  # 224 x 448: the cat on the left, the espresso on the right
+    halves = [(0, 0, 223, 223), (224, 0, 447, 223)]
+    left = torch.zeros(224, 448, dtype=torch.bool)
+    left[:, :224] = True
+    regions = [left, ~left]
+    # few steps: the default model's delta lets the class terms steer stage 2 from its first steps
+    result = guided_feature_inversion(model, x, target=[285, 967], stage1_steps=10, stage2_steps=20)
+    stage1 = result.inversion_mask[0]
+    assert all(stage1[r].sum() > 0.3 * stage1.sum() for r in regions)  # both objects
+    for k, (mask, own, other) in enumerate(zip(result.mask, regions, regions[::-1])):
+        assert pointing_hit(mask, halves[k]) and not pointing_hit(mask, halves[1 - k])
+        assert mask[own].sum() > mask[other].sum()
 
 
 def test_progress_is_called_once_per_step_and_raising_in_it_leaves_the_model_as_it_was():
