@@ -12,7 +12,7 @@ from .data import augment, deprocess, imagenet_categories, load_digits, preproce
 from .methods.ace import AceResult, ace, maximal_correlation
 from .methods import saliency
 from .methods.baselines import BaselineScores, baseline_scores
-from .methods.inversion import InversionResult, default_inversion_layers, guided_feature_inversion
+from .methods.inversion import InversionResult, default_inversion_delta, default_inversion_layers, guided_feature_inversion
 from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
 from .methods.resampling import NeuronScores, overlap, score_neurons
 from .models import default_model, digits_model
@@ -27,6 +27,7 @@ __all__ = [
     "NeuronExplorer",
     "demo",
     "InversionResult",
+    "default_inversion_delta",
     "default_inversion_layers",
     "guided_feature_inversion",
     "saliency",

@@ -22,7 +22,8 @@ from ..core.model_state import model_device, resolve_device
 from ..core.targets import top_predictions
 from ..core.validation import check_image
 from ..data import MEAN, STD
-from ..methods.inversion import BACKGROUNDS, LOSSES, InversionResult, default_inversion_layers, guided_feature_inversion
+from ..methods.inversion import (BACKGROUNDS, LOSSES, InversionResult, default_inversion_delta, default_inversion_layers,
+                                 guided_feature_inversion)
 from ..render.explorer import blend_overlay
 from ..render.inversion import render_inversion
 from .colab import enable_colab_widgets
@@ -173,8 +174,11 @@ class InversionView(BackgroundView):
         Class to explain; default the predicted class.
     mask_layer, feature_layer : str, optional
         Default :func:`inversion_layers`.
-    lam, delta : float
-        Weights of the complement's probability and of ``||w||_1`` in stage 2.
+    lam : float
+        Weight of the complement's probability in stage 2.
+    delta : float, optional
+        Weight of ``||w||_1`` in stage 2; default :func:`neuronviz.methods.inversion.default_inversion_delta`
+        (the paper's 1; 0.01 for the default model).
     stage1_steps, stage2_steps : int
         Adam steps of each stage (10 and 70 in the paper).
     background : {"blur", "mean", "noise"}
@@ -209,7 +213,7 @@ class InversionView(BackgroundView):
         mask_layer: str | None = None,
         feature_layer: str | None = None,
         lam: float = 1.0,
-        delta: float = 1.0,
+        delta: float | None = None,
         stage1_steps: int = 10,
         stage2_steps: int = 70,
         background: str = "blur",
@@ -224,7 +228,8 @@ class InversionView(BackgroundView):
         if not isinstance(model, nn.Module):
             raise NeuronvizError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         x = check_image(image, model).detach().float().cpu().clone()
-        lam, delta = _check_weight("lam", lam), _check_weight("delta", delta)
+        lam = _check_weight("lam", lam)
+        delta = _check_weight("delta", default_inversion_delta(model) if delta is None else delta)
         gamma = _check_weight("gamma", gamma)
         lr = _check_weight("lr", lr, positive=True)
         steps1 = _check_int("stage1_steps", stage1_steps, 0)
@@ -282,7 +287,9 @@ class InversionView(BackgroundView):
         self.lam_slider = W.FloatSlider(value=lam, min=0.0, max=max(_WEIGHT_MAX["lam"], lam), step=0.1,
                                         description="lam", continuous_update=False, style=style, layout=wide,
                                         tooltip="weight of the class probability with the mask removed (stage 2)")
-        self.delta_slider = W.FloatSlider(value=delta, min=0.0, max=max(_WEIGHT_MAX["delta"], delta), step=0.1,
+        # steps of 0.01: the default model's delta is 0.01 (see default_inversion_delta)
+        self.delta_slider = W.FloatSlider(value=delta, min=0.0, max=max(_WEIGHT_MAX["delta"], delta), step=0.01,
+                                          readout_format=".2f",
                                           description="delta", continuous_update=False, style=style, layout=wide,
                                           tooltip="weight of the mask's size, ||w||_1 (stage 2)")
         self.stage1_slider = W.IntSlider(value=steps1, min=0, max=max(_STEPS_MAX["stage1_steps"], steps1),

@@ -272,3 +272,13 @@ def test_dom_classes_for_browser_tests(net, x):
     }
     for css, widget in classes.items():
         assert css in widget._dom_classes, css
+
+
+def test_delta_starts_at_the_models_default_and_reaches_the_run(net, x):
+    from neuronviz.methods.inversion import default_inversion_delta
+
+    v = InversionView(net, x, autorun=False, **STEPS)
+    assert v.delta == default_inversion_delta(net) == 1.0
+    v.delta = 0.01  # the default model's value: the slider holds it exactly
+    assert v.delta == 0.01
+    v.close()
