@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 import neuronviz as nv
 from neuronviz.render import activation_maps, render_scores, upsample_map
-from conftest import tiny_cnn
+from tiny_nets import tiny_cnn
 
 LAYERS = ["conv1", "relu2", "fc"]
 

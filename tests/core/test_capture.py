@@ -9,7 +9,7 @@ from torch import nn
 import neuronviz as nv
 from neuronviz.core.capture import ActivationCapture
 from neuronviz.core.errors import CaptureError, LayerNotFoundError
-from conftest import tiny_cnn
+from tiny_nets import tiny_cnn
 
 
 def _no_hooks(model: nn.Module) -> bool:

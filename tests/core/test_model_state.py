@@ -7,7 +7,7 @@ import torch
 
 import neuronviz as nv
 from neuronviz.core.model_state import on_device, preserved_state, resolve_device
-from conftest import tiny_cnn
+from tiny_nets import tiny_cnn
 
 
 def test_modes_and_requires_grad_are_restored_even_after_an_exception(snapshot):

@@ -18,7 +18,7 @@ from neuronviz.methods.baselines import (
     kernel_weight_scores,
     weight_layer,
 )
-from conftest import tiny_cnn
+from tiny_nets import tiny_cnn
 
 
 def numpy_kernel_stats(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

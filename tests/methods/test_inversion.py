@@ -20,7 +20,7 @@ from neuronviz.methods.inversion import (
     guided_feature_inversion,
 )
 from neuronviz.methods.saliency import pointing_hit
-from conftest import tiny_cnn
+from tiny_nets import tiny_cnn
 
 SIZE = 32
 PATCH = 8

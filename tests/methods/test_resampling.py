@@ -11,7 +11,7 @@ from torch import nn
 
 import neuronviz as nv
 from neuronviz.core.errors import NeuronvizError
-from conftest import tiny_cnn
+from tiny_nets import tiny_cnn
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from conftest import tiny_cnn
+from tiny_nets import tiny_cnn
 
 
 class Gate(nn.Module):
