@@ -75,13 +75,30 @@ def default_layers(model: nn.Module, summary: LayerSummary) -> list[str]:
     names = set(summary.names())
     if isinstance(model, EfficientNetLite0) and set(_DEMO_LAYERS) <= names:
         return list(_DEMO_LAYERS)
-    modules = dict(model.named_modules())
     spatial = [i.name for i in summary if len(i.shape) == 3 and i.positions > 1]
-    convs = [n for n in spatial if isinstance(modules[n], nn.modules.conv._ConvNd)]
-    for candidates in (convs, spatial, summary.names()):
+    for candidates in (spatial_convolutions(model, summary), spatial, summary.names()):
         if candidates:
             return candidates[-2:]
     raise NeuronvizError("the model has no layer with a (N, C, ...) output to score; pass layers=[...]")
+
+
+def spatial_convolutions(model: nn.Module, summary: LayerSummary) -> list[str]:
+    """The convolutions of ``summary`` whose output is a (C, H, W) map of more than one position, in order.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    summary : LayerSummary
+        Its :func:`neuronviz.layer_summary`.
+
+    Returns
+    -------
+    list of str
+    """
+    modules = dict(model.named_modules())
+    return [i.name for i in summary
+            if len(i.shape) == 3 and i.positions > 1 and isinstance(modules[i.name], nn.modules.conv._ConvNd)]
 
 
 @dataclass

@@ -27,7 +27,7 @@ from ..render.maps import batch_maps, upsample_map
 from ..render.pcace import display_images, render_layer_ranking, render_pcace
 from .colab import enable_colab_widgets
 from .controls import device_options
-from .explorer import _check_device, _check_int, _check_save_path, _resize, default_layers
+from .explorer import _check_device, _check_int, _check_save_path, _resize, default_layers, spatial_convolutions
 from .jobs import Job
 from .panels import BackgroundView, ClassChoices, ExportRow, check_dpi, encode_png, figure_png, hold_model
 
@@ -77,9 +77,7 @@ def pcace_layers(model: nn.Module, summary: LayerSummary) -> list[str]:
     names = set(summary.names())
     if isinstance(model, EfficientNetLite0) and set(_DEMO_LAYERS) <= names:
         return list(_DEMO_LAYERS)
-    modules = dict(model.named_modules())
-    convs = [i.name for i in summary
-             if len(i.shape) == 3 and i.positions > 1 and isinstance(modules[i.name], nn.modules.conv._ConvNd)]
+    convs = spatial_convolutions(model, summary)
     return convs[-4:] if convs else default_layers(model, summary)
 
 
