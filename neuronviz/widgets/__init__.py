@@ -17,7 +17,7 @@ from .app import App, app
 from .explorer import NeuronExplorer, default_layers, demo
 from .inversion_view import InversionView
 from .jobs import Job, JobCancelled, Worker
-from .panels import BackgroundView
+from .legacy_panels import BackgroundView
 from .pcace_view import PCACEView
 
 __all__ = [

@@ -15,7 +15,7 @@ from ..core.errors import NeuronvizError
 from .colab import enable_colab_widgets
 from .explorer import NeuronExplorer, _check_int
 from .inversion_view import InversionView
-from .panels import BackgroundView
+from .legacy_panels import BackgroundView
 from .pcace_view import PCACEView
 
 __all__ = ["App", "app", "TABS"]

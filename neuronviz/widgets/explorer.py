@@ -32,7 +32,7 @@ from ..render.pcace import display_images
 from .colab import enable_colab_widgets
 from .controls import STRENGTHS, RunSettings, SettingsPanel, check_kind, check_strength, perturbation_for
 from .jobs import Job
-from .panels import BackgroundView, NeuronDetail, check_dpi, figure_png, hold_model, NeuronScatter, OverlayPanel, SelectionLists, encode_png, format_score
+from .legacy_panels import BackgroundView, NeuronDetail, check_dpi, figure_png, hold_model, NeuronScatter, OverlayPanel, SelectionLists, encode_png, format_score
 
 __all__ = ["NeuronExplorer", "demo", "default_layers", "DISPLAY_SIZE"]
 

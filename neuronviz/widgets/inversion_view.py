@@ -30,7 +30,7 @@ from .colab import enable_colab_widgets
 from .controls import device_options
 from .explorer import DISPLAY_SIZE, _check_device, _check_int, _check_save_path, _display_picture, _resize
 from .jobs import Job
-from .panels import (BackgroundView, ClassChoices, ExportRow, OverlayPanel, check_dpi, encode_png, figure_png,
+from .legacy_panels import (BackgroundView, ClassChoices, ExportRow, OverlayPanel, check_dpi, encode_png, figure_png,
                      hold_model, to_uint8)
 
 __all__ = ["InversionView", "InversionSettings", "MaskOverlay", "inversion_layers"]

@@ -288,6 +288,26 @@ class Worker:
             self._closed = True
             self._wake.notify_all()
 
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the thread ended (after :meth:`close`, once the current job's work returned).
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most.
+
+        Returns
+        -------
+        bool
+            Whether the thread has ended (always True when called from the worker thread itself,
+            which cannot wait for itself).
+        """
+        thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return True
+        thread.join(timeout)
+        return not thread.is_alive()
+
     # ------------------------------------------------------------------ internals
 
     def _ensure_thread(self) -> None:

@@ -29,7 +29,7 @@ from .colab import enable_colab_widgets
 from .controls import device_options
 from .explorer import _check_device, _check_int, _check_save_path, _resize, default_layers, spatial_convolutions
 from .jobs import Job
-from .panels import BackgroundView, ClassChoices, ExportRow, check_dpi, encode_png, figure_png, hold_model
+from .legacy_panels import BackgroundView, ClassChoices, ExportRow, check_dpi, encode_png, figure_png, hold_model
 
 __all__ = ["PCACEView", "PCACESettings", "ChannelBars", "LayerBars", "pcace_layers", "PARTS"]
 

@@ -45,9 +45,6 @@ import html
 import io
 import contextlib
 import math
-import threading
-import time
-import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -58,6 +55,7 @@ import torch
 import traitlets
 from PIL import Image, ImageDraw
 
+from ..core import locks as _core_locks
 from ..core.errors import NeuronvizError
 from ..methods.resampling import NeuronScores, overlap
 from ..render.explorer import BOTH_COLOUR, BOX_COLOUR, blend_overlay, cell_box, layer_colour, strongest_cell
@@ -1033,22 +1031,9 @@ def figure_png(fig: Any, dpi: int) -> bytes:
     return out.getvalue()
 
 
-_MODEL_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
-def model_lock(model: Any) -> threading.Lock:
-    """The lock of ``model`` that every neuronviz view holds while it runs the model.
-
-    Two threads running one model at once would mix their forward hooks (each recording the
-    other's passes) and their saved states (one restoring the modes or ``requires_grad`` flags
-    the other had changed), so the views of an app take turns.
-    """
-    with _MODEL_LOCKS_GUARD:
-        lock = _MODEL_LOCKS.get(model)
-        if lock is None:
-            lock = _MODEL_LOCKS[model] = threading.Lock()
-        return lock
+def model_lock(model: Any) -> Any:
+    """The model's lock; the one of :func:`neuronviz.core.locks.model_lock`, shared with every public function."""
+    return _core_locks.model_lock(model)
 
 
 @contextlib.contextmanager
@@ -1059,18 +1044,7 @@ def hold_model(
     on_wait: Callable[[], None] | None = None,
     timeout: float | None = None,
 ) -> Iterator[None]:
-    """Hold :func:`model_lock` of ``model`` for the block, waiting while another run holds it.
-
-    Parameters
-    ----------
-    model : object
-        The model (any weak-referenceable object).
-    job : Job, optional
-        A background job: it stays cancellable while waiting (:meth:`Job.check` every 0.1 s).
-    on_wait : callable, optional
-        Called once if the lock is taken when the block starts (e.g. to say so in the widget).
-    timeout : float, optional
-        Seconds to wait at most (None: as long as it takes).
+    """Hold the model's lock (:func:`neuronviz.core.locks.hold_model`); ``job`` stays cancellable while waiting.
 
     Raises
     ------
@@ -1079,20 +1053,5 @@ def hold_model(
     NeuronvizError
         ``timeout`` passed.
     """
-    lock = model_lock(model)
-    if not lock.acquire(blocking=False):
-        if on_wait is not None:
-            on_wait()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not lock.acquire(timeout=0.1):
-            if job is not None:
-                job.check()
-            if deadline is not None and time.monotonic() > deadline:
-                raise NeuronvizError(
-                    f"the model is busy with another view's run for more than {timeout:g} s; wait for it to end "
-                    "(view.wait()) or cancel it"
-                )
-    try:
+    with _core_locks.hold_model(model, check=None if job is None else job.check, on_wait=on_wait, timeout=timeout):
         yield
-    finally:
-        lock.release()

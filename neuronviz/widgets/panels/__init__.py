@@ -1,0 +1,12 @@
+"""Reusable panels of the views, one concept a module.
+
+A panel owns a few widgets, exposes them as ``panel.widget`` (put it in any box), draws the
+plain data it is given and reports a user's pick through a callback. Panels never touch a model
+and never start work: a view (:class:`neuronviz.widgets.view.View`) computes and feeds them.
+"""
+
+from .export import ExportRow
+from .overlay import OverlayPanel
+from .runbar import RunBar
+
+__all__ = ["ExportRow", "OverlayPanel", "RunBar"]

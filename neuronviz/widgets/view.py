@@ -1,0 +1,667 @@
+"""The base of every view: declared settings become controls and properties; run, show, export, close.
+
+A view is what makes it different from the others, and nothing else::
+
+    @dataclass(frozen=True)
+    class Settings:
+        layer: str = setting(None, Layer(), control="layer", css="nv-layer")
+        top_k: int = setting(5, Int(1), control="slider", span=(1, 20), rerun=False, css="nv-topk")
+
+    class ChannelMeans(View):
+        Settings = Settings
+        title = "Means"
+
+        def compute(self, s, job):                 # worker thread: a plain result record
+            return nv.score_neurons(self.model, self.x, s.layer, progress=job.progress)
+
+        def show(self, result):                    # the panels show a result (lock held)
+            self.text.value = str(result.top("correlation", self.top_k))
+
+        def snapshot(self):                        # what the figure needs, as plain data
+            return self.outcome.result
+
+        def draw(self, record, *, dpi, path=None):  # matplotlib, from data only
+            return nv.render_scores(record, dpi=dpi, path=path)
+
+The base (:class:`View`) builds from the declaration the controls (in columns by ``group``), a
+validated property per setting, the settings object handed to :meth:`View.compute`, and the
+"settings changed" notice; it runs the computation in one worker thread holding the model's
+lock (Run / Cancel / progress / stale results dropped / errors and warnings in the widget),
+exports the current figure to PNG, SVG or PDF, puts a static PNG in the display data, and
+``close()`` waits for the model to be restored and closes every widget it made.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import ipywidgets as W
+import traitlets
+from torch import nn
+
+from ..core.capture import LayerSummary, layer_summary
+from ..core.errors import NeuronvizError, NeuronvizWarning
+from ..core.locks import hold_model
+from ..core.model_state import model_device
+from ..core.targets import check_class_output
+from ..render.figure import check_path
+from .classes import ClassChoices
+from .colab import enable_colab_widgets
+from .jobs import Job, Worker
+from .panels import ExportRow, RunBar
+from .pictures import figure_png
+from .settings import Setting, control_value, fields_of, make_control, settings_panel, show_value
+
+__all__ = ["View", "Outcome", "check_dpi"]
+
+#: DPI of the static picture beside a widget in its display data.
+STATIC_DPI = 60
+#: Seconds :meth:`View.close` waits for a cancelled run to reach its next cancel point.
+CLOSE_WAIT_S = 30.0
+
+
+@dataclass
+class Outcome:
+    """A finished run: the settings it ran with, what :meth:`View.compute` returned, its warnings."""
+
+    settings: Any
+    result: Any
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+class View(W.VBox):
+    """Base of a view that computes in the background from declared settings.
+
+    A subclass sets :attr:`Settings` (a frozen dataclass of :func:`~neuronviz.widgets.settings.setting`
+    fields), :attr:`title`, and implements :meth:`compute`, :meth:`show`, :meth:`snapshot` and
+    :meth:`draw`; optionally :meth:`build` (its panels), :meth:`header_html`,
+    :meth:`check_selected` / :meth:`show_selected` (if it has a selection) and
+    :meth:`setting_changed`. Its constructor checks its own inputs, calls :meth:`probe` for the
+    layer list and the classes, then ``super().__init__(model, autorun=..., **settings)``.
+
+    Attributes
+    ----------
+    status : str
+        ``"idle"``, ``"running"``, ``"done"``, ``"cancelled"`` or ``"error"`` (a traitlet:
+        ``view.observe(fn, "status")``).
+    error : str or None
+        The last run's error message (None after a successful run).
+    warnings : list of str
+        The warnings the last finished run raised (also shown in the widget).
+    selected : object
+        What is selected (a traitlet; views define what it holds and check it).
+    outcome : Outcome or None
+        The latest finished run.
+    """
+
+    status = traitlets.Unicode("idle")
+    error = traitlets.Unicode(None, allow_none=True)
+    selected = traitlets.Any(None, allow_none=True)
+
+    #: The declared settings (a frozen dataclass of ``setting(...)`` fields).
+    Settings: ClassVar[type]
+    #: Short name of the view, e.g. for its tab in an app.
+    title: ClassVar[str] = "view"
+    #: DOM class of the view's box.
+    css: ClassVar[str] = ""
+    #: The file name the Export row offers.
+    export_name: ClassVar[str] = "view.png"
+    run_label: ClassVar[str] = "Run"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        declared = cls.__dict__.get("Settings")
+        if declared is None:
+            return
+        for name in fields_of(declared):
+            if not any(name in vars(k) for k in cls.__mro__ if k not in (View, W.VBox) and issubclass(k, View)):
+                setattr(cls, name, _setting_property(name))
+
+    def __init__(self, model: nn.Module, *, autorun: bool = True, **values: Any) -> None:
+        super().__init__()
+        enable_colab_widgets()
+        self.model = model
+        self._worker = Worker(f"neuronviz-{type(self).__name__.lower()}")
+        self.lock = self._worker.lock
+        self.outcome: Outcome | None = None
+        self.warnings: list[str] = []
+        self._pending_displays: list[Any] = []
+        self._png_cache: tuple[int, bytes] | None = None
+        self._view_version = 0  # bumped whenever what the static picture shows changes
+        before = _instances()
+        self._fields = fields_of(self.Settings)
+        self._values: dict[str, Any] = {}
+        self._check_values(values)
+        self.controls: dict[str, W.Widget] = {}
+        for name, (_default, meta) in self._fields.items():
+            if meta.control is not None:
+                widget = make_control(name, meta, self._values[name], self)
+                widget.observe(self._control_moved(name, meta), names="value")
+                self.controls[name] = widget
+        if self.css:
+            self.add_class(self.css)
+        self.header = W.HTML("")
+        self.run_bar = RunBar(self._run_clicked, self.cancel, run_label=self.run_label)
+        self.exporter = ExportRow(self._export_from_row, self.report_error, filename=self.export_name)
+        body = self.build()
+        self.children = [self.header, self.settings_panel(), self.run_bar.widget, *body, self.exporter.widget]
+        self._update_header()
+        self._owned = [w for k, w in _instances().items() if k not in before]
+        if autorun:
+            self.run()
+
+    # ------------------------------------------------------------------ what a view provides
+
+    def compute(self, settings: Any, job: Job) -> Any:
+        """The run, in the worker thread, holding the model's lock: return a plain result record.
+
+        Pass ``job.progress`` as ``progress=`` to neuronviz methods (it raises to cancel) and
+        call ``job.check()`` between stages.
+        """
+        raise NotImplementedError
+
+    def show(self, result: Any) -> None:
+        """Bring the panels to a finished run's result (worker thread, lock held)."""
+        raise NotImplementedError
+
+    def snapshot(self, **options: Any) -> Any:
+        """What the figure needs, as a plain-data record of the current view (lock held)."""
+        raise NotImplementedError
+
+    def draw(self, record: Any, *, dpi: int, path: Path | None = None) -> Any:
+        """The matplotlib figure of ``record`` (saved to ``path`` when given); never runs the model."""
+        raise NotImplementedError
+
+    def build(self) -> list[W.Widget]:
+        """Make the panels; return the widgets that go between the run bar and the Export row."""
+        return []
+
+    def settings_panel(self) -> W.Widget:
+        """The controls laid out; default columns by each setting's ``group``."""
+        return settings_panel({n: (w, self._fields[n][1]) for n, w in self.controls.items()})
+
+    def header_html(self) -> str:
+        """The HTML of the header line."""
+        return f"<b>{self.title}</b> · {type(self.model).__name__}"
+
+    def done_text(self, outcome: Outcome) -> str:
+        """The status line after a run."""
+        return f"done in {outcome.seconds:.1f} s"
+
+    def default_for(self, name: str) -> Any:
+        """The value of a setting declared with default None (e.g. the model's device)."""
+        if name == "device":
+            return model_device(self.model).type
+        raise NeuronvizError(f"{name} has no default here; give it")
+
+    def setting_changed(self, name: str, value: Any) -> None:
+        """A setting changed (from its control or its property); ``rerun=False`` ones apply here."""
+
+    def check_selected(self, value: Any) -> Any:
+        """``value`` checked as a selection (default: any)."""
+        return value
+
+    def show_selected(self) -> None:
+        """Bring the panels to :attr:`selected` (lock held)."""
+
+    def static_png(self) -> bytes | None:
+        """The picture beside the widget in its display data; default the figure at 60 dpi."""
+        if self.outcome is None:
+            return None
+        return figure_png(self.draw(self.snapshot(), dpi=STATIC_DPI), STATIC_DPI)
+
+    # ------------------------------------------------------------------ probing the model
+
+    def probe(self, model: nn.Module, x: Any, *, classify: bool = True) -> LayerSummary:
+        """One forward pass of ``model`` on ``x`` for the layer list (and the class probabilities).
+
+        Called by a view's constructor before ``super().__init__``; sets :attr:`model`,
+        :attr:`summary`, :attr:`layer_names`, :attr:`layer_options` and :attr:`classes`.
+
+        Raises
+        ------
+        NeuronvizError
+            The model fails on ``x``, or (``classify``) does not return (N, classes) scores.
+        """
+        import torch
+
+        self.model = model
+        with hold_model(self.model):
+            try:
+                summary = layer_summary(self.model, x.to(model_device(self.model)))
+            except NeuronvizError:
+                raise
+            except RuntimeError as err:
+                raise NeuronvizError(f"the model failed on the input {tuple(x.shape)}: {err}") from err
+        self.summary = summary
+        self.layer_names = [i.name for i in summary]
+        self.layer_options = [(f"{i.name}  {tuple(i.shape)}", i.name) for i in summary]
+        if classify:
+            output = getattr(summary, "output", None)
+            if output is None:  # an older summary without the probe's output
+                from ..core.targets import top_predictions
+
+                with hold_model(self.model):
+                    ranked = top_predictions(self.model, x, k=10**9)
+                probs = torch.zeros(len(ranked), dtype=torch.float64)
+                for c, _name, p in ranked:
+                    probs[c] = p
+            else:
+                try:
+                    scores = check_class_output(output)
+                except NeuronvizError as err:
+                    raise NeuronvizError(
+                        f"{type(self).__name__} explains one class of a classifier that returns (N, classes) "
+                        f"scores: {err}. For other outputs, use the functions with target=callable"
+                    ) from None
+                probs = torch.softmax(scores.detach().double().mean(0) if scores.shape[0] > 1 else scores[0].double(), 0)
+            self.classes = ClassChoices(probs)
+        return summary
+
+    # ------------------------------------------------------------------ settings
+
+    def _check_values(self, values: dict[str, Any]) -> None:
+        unknown = sorted(set(values) - set(self._fields))
+        if unknown:
+            raise NeuronvizError(f"unknown setting(s) {unknown}; this view's settings are {list(self._fields)}")
+        for name, (default, meta) in self._fields.items():  # in order: a rule may read earlier settings
+            value = values.get(name, default)
+            self._values[name] = meta.rule(self.default_for(name) if value is None else value, name, self)
+
+    def _set(self, name: str, value: Any) -> None:
+        meta = self._fields[name][1]
+        value = meta.rule(value, name, self)
+        widget = self.controls.get(name)
+        if widget is None:
+            self._values[name] = value
+            self._changed(name, value)
+        else:
+            show_value(widget, meta, value, self)  # the control's observer stores it
+
+    def _control_moved(self, name: str, meta: Setting):  # noqa: ANN202 - an observer
+        def moved(change: dict) -> None:
+            value = control_value(self.controls[name], meta)
+            if self._values.get(name) == value:
+                return
+            self._values[name] = value
+            self._changed(name, value)
+
+        return moved
+
+    def _changed(self, name: str, value: Any) -> None:
+        try:
+            with self.lock:
+                self.setting_changed(name, value)
+                if not self._fields[name][1].rerun:
+                    self._view_version += 1
+                elif self.status == "done" and self.outcome is not None and self._stale(self.outcome):
+                    self.run_bar.status.value = f"{self.done_text(self.outcome)} · settings changed: press Run"
+        except Exception as err:  # noqa: BLE001 - shown in the widget, not lost in a callback log
+            self.report_error(err)
+
+    def _stale(self, outcome: Outcome) -> bool:
+        current = self.current_settings()
+        return any(getattr(current, n) != getattr(outcome.settings, n) for n, (_d, m) in self._fields.items() if m.rerun)
+
+    def current_settings(self) -> Any:
+        """The settings the next run would use, as the :attr:`Settings` dataclass."""
+        return self.Settings(**self._values)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every setting of the next run as a plain dict (tuples as lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self._values.items()}
+
+    # ------------------------------------------------------------------ selection
+
+    @traitlets.validate("selected")
+    def _validate_selected(self, proposal: dict) -> Any:
+        return self.check_selected(proposal["value"])
+
+    @traitlets.observe("selected")
+    def _selected_changed(self, _change: dict) -> None:
+        with self.lock:
+            self._view_version += 1
+            self.show_selected()
+
+    def select_from_ui(self, value: Any) -> None:
+        """What a panel's click does: select ``value``, or show why it cannot be."""
+        try:
+            self.selected = value
+        except Exception as err:  # noqa: BLE001 - shown in the widget
+            self.report_error(err)
+
+    # ------------------------------------------------------------------ running
+
+    def run(self) -> Job:
+        """Start a run with the current settings in the background (cancelling a running one).
+
+        Returns
+        -------
+        Job
+            The run (its ``id`` is the run id); :meth:`wait` blocks until it ended.
+
+        Raises
+        ------
+        NeuronvizError
+            A setting that cannot run (for example no layer picked).
+        """
+        with self.lock:
+            settings = self.current_settings()
+            job = self._worker.submit(lambda job: self._work(job, settings), on_progress=self._progress,
+                                      on_finish=self._finished)
+            self.error = None
+            self.status = "running"
+            self.run_bar.running("running")
+        return job
+
+    def _work(self, job: Job, settings: Any) -> Outcome:
+        with hold_model(self.model, check=job.check, on_wait=self._waiting), _collect_warnings() as caught:
+            start = time.perf_counter()
+            result = self.compute(settings, job)
+            return Outcome(settings, result, time.perf_counter() - start, caught)
+
+    def _run_clicked(self) -> None:
+        try:
+            self.run()
+        except Exception as err:  # noqa: BLE001 - shown in the widget
+            self.report_error(err)
+
+    def _progress(self, job: Job, done: int, total: int) -> None:
+        self.run_bar.set_progress(done, total)
+
+    def _finished(self, job: Job) -> None:
+        if job.state == "done":
+            outcome: Outcome = job.result
+            previous = self.outcome
+            try:
+                self.outcome = outcome
+                self.show(outcome.result)
+            except Exception as err:  # noqa: BLE001 - a failure to show a result is an error of the run
+                self.outcome = previous
+                self._show_failure(err)
+                return
+            self.warnings = list(outcome.warnings)
+            self._view_version += 1
+            self._update_header()
+            self._refresh_pending_displays()
+            self.error = None
+            self.run_bar.finished("done", self.done_text(outcome))
+            self.run_bar.show_warnings(self.warnings)
+            self.status = "done"
+        elif job.state == "cancelled":
+            self.run_bar.finished("cancelled")
+            self.status = "cancelled"
+        else:
+            self._show_failure(job.error)
+
+    def _waiting(self) -> None:
+        with self.lock:
+            latest = self._worker.latest
+            if latest is None or not latest.cancelled:
+                self.run_bar.status.value = "waiting: another call is running this model"
+
+    def _show_failure(self, err: BaseException | None) -> None:
+        message = error_message(err)
+        self.error = message
+        self.run_bar.show_error(message)
+        self.run_bar.finished("error", "error (see below)")
+        self.status = "error"
+
+    def report_error(self, err: BaseException) -> None:
+        """Show an error raised by a button or other callback in the error area and in :attr:`error`."""
+        with self.lock:
+            self.error = error_message(err)
+            self.run_bar.show_error(self.error)
+
+    def cancel(self) -> None:
+        """Cancel the running computation (no effect when none runs); the current results stay."""
+        self._worker.cancel()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the current run ended and its results are shown (for scripts and tests).
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait at most.
+
+        Raises
+        ------
+        TimeoutError
+            The run is still going after ``timeout`` seconds.
+        """
+        self._worker.wait(timeout)
+
+    def _update_header(self) -> None:
+        self.header.value = self.header_html()
+
+    # ------------------------------------------------------------------ figures
+
+    def _record(self, **options: Any) -> Any:
+        if self.outcome is None:
+            raise NeuronvizError("nothing to export yet: the first run has not finished (call w.wait() first)")
+        return self.snapshot(**options)
+
+    def figure(self, dpi: int = 100, **options: Any) -> Any:
+        """The current view drawn with matplotlib.
+
+        Parameters
+        ----------
+        dpi : int
+            Resolution.
+        **options
+            What the view's :meth:`snapshot` takes (e.g. ``part=`` of the PCACE view).
+
+        Returns
+        -------
+        neuronviz.render.StaticFigure
+            Displays itself in a notebook; ``savefig`` it or use :meth:`export`.
+
+        Raises
+        ------
+        NeuronvizError
+            No run has finished yet.
+        """
+        dpi = check_dpi(dpi)
+        with self.lock:
+            record = self._record(**options)
+        return self.draw(record, dpi=dpi)
+
+    def export(self, path: str | Path, dpi: int = 150, **options: Any) -> Path:
+        """Save the current view as a print-quality PNG, SVG or PDF (by the suffix), drawn in the kernel.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            File name ending in ``.png``, ``.svg`` or ``.pdf``.
+        dpi : int
+            Resolution of a PNG (and of the images embedded in SVG and PDF).
+        **options
+            As for :meth:`figure`.
+
+        Returns
+        -------
+        pathlib.Path
+
+        Raises
+        ------
+        NeuronvizError
+            Another suffix, a bad ``dpi``, or no finished run yet.
+        """
+        try:
+            path = check_path(path)
+        except ValueError as err:
+            raise NeuronvizError(str(err)) from None
+        dpi = check_dpi(dpi)
+        with self.lock:
+            record = self._record(**options)
+        self.draw(record, dpi=dpi, path=path)
+        return path
+
+    def export_options(self) -> dict[str, Any]:
+        """The options the Export button passes to :meth:`export` (e.g. the part chosen)."""
+        return {}
+
+    def _export_from_row(self, name: str) -> Path:
+        return self.export(name, **self.export_options())
+
+    # ------------------------------------------------------------------ display
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
+        data = super()._repr_mimebundle_(**kwargs)
+        if data is None:
+            return data
+        png = self._cached_png()
+        if png is not None:
+            data["image/png"] = base64.b64encode(png).decode("ascii")
+        return data
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        bundle = self._repr_mimebundle_()
+        with self.lock:
+            handle = display(bundle, raw=True, display_id=True)
+            if handle is not None and self.outcome is None:
+                self._pending_displays.append(handle)  # updated once the first result is shown
+
+    def _cached_png(self) -> bytes | None:
+        cached = self._png_cache
+        if cached is not None and cached[0] == self._view_version:
+            return cached[1]
+        try:
+            with self.lock:
+                png = self.static_png()
+        except Exception:  # noqa: BLE001 - a missing picture must never break the display of the widget
+            png = None
+        if png is not None:
+            self._png_cache = (self._view_version, png)
+        return png
+
+    def _refresh_pending_displays(self) -> None:
+        handles, self._pending_displays = self._pending_displays, []
+        if not handles:
+            return
+        try:
+            bundle = self._repr_mimebundle_()
+            for handle in handles:
+                handle.update(bundle, raw=True)
+        except Exception:  # noqa: BLE001 - only the static picture of a notebook export is at stake
+            pass
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Stop the run, wait until the model is restored, then close every widget this view made."""
+        worker = getattr(self, "_worker", None)  # absent when the constructor failed early
+        if worker is not None:
+            worker.close()
+            worker.join(CLOSE_WAIT_S)
+        for widget in list(_descendants(self)) + list(getattr(self, "_owned", [])):
+            if widget is not self:
+                widget.close()
+        self._pending_displays = []
+        super().close()
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.settings.items())
+        return f"{type(self).__name__}(status={self.status!r}, {shown})"
+
+
+def _setting_property(name: str) -> property:
+    def get(self: View) -> Any:
+        return self._values[name]
+
+    def put(self: View, value: Any) -> None:
+        self._set(name, value)
+
+    return property(get, put, doc=f"The setting ``{name}`` (validated when set; the control follows).")
+
+
+def check_dpi(dpi: object) -> int:
+    """``dpi`` as an int in [10, 1200], or a :class:`NeuronvizError`."""
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 10 <= dpi <= 1200:
+        raise NeuronvizError(f"dpi must be a number between 10 and 1200, got {dpi!r}")
+    return int(dpi)
+
+
+def error_message(err: BaseException | None) -> str:
+    """``"Type: message"`` of an exception, as the widgets show it."""
+    if err is None:
+        return "unknown error"
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def _instances() -> dict:
+    from ipywidgets.widgets import widget as _w
+
+    return dict(_w._instances)
+
+
+def _descendants(root: W.Widget) -> Iterator[W.Widget]:
+    """Every widget reachable from ``root`` through its synced traits (children, marks, scales, layouts)."""
+    seen: set[int] = set()
+    stack: list[Any] = [root]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, W.Widget):
+            if id(value) in seen:
+                continue
+            seen.add(id(value))
+            yield value
+            for key in value.keys:
+                try:
+                    stack.append(getattr(value, key))
+                except Exception:  # noqa: BLE001 - a trait that cannot be read holds no widget
+                    continue
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+
+
+# -- warnings raised in a worker thread reach that thread's view, not the notebook
+
+# each run's warnings belong to that run: shown every time, not once per place in the code
+warnings.filterwarnings("always", category=NeuronvizWarning)
+
+_collecting = threading.local()
+_original_showwarning = warnings.showwarning
+_install_guard = threading.Lock()
+_installed = False
+
+
+def _showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    sink = getattr(_collecting, "sink", None)
+    if sink is None:
+        _original_showwarning(message, category, filename, lineno, file, line)
+    else:
+        text = str(message)
+        if text not in sink:
+            sink.append(text)
+
+
+class _collect_warnings:
+    """Within the block, warnings of this thread go to a list instead of the notebook."""
+
+    def __enter__(self) -> list[str]:
+        global _installed
+        with _install_guard:
+            if not _installed:
+                warnings.showwarning = _showwarning
+                _installed = True
+        self._previous = getattr(_collecting, "sink", None)
+        _collecting.sink = []
+        return _collecting.sink
+
+    def __exit__(self, *exc: object) -> None:
+        _collecting.sink = self._previous
