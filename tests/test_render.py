@@ -110,9 +110,9 @@ def test_bad_k_raises_value_error(scored, k):
 def test_layer_where_every_channel_has_nan_precision_still_renders(tmp_path):
     net = tiny_cnn()
     x = torch.rand(1, 3, 16, 16)
-    # a threshold no mean activation reaches: every precision is NaN
+    # a threshold no activation reaches: every channel is left out of the precision selection
     scores = nv.score_neurons(net, x, ["conv1", "conv2"], target=0, n_samples=6, dead_threshold=1e9)
-    assert torch.isnan(scores.precision["conv1"]).all()
+    assert scores.excluded["conv1"].all()
     fig = render_scores(scores, net, x, k=3, path=tmp_path / "nan.png", dpi=50)
     assert not any(l.startswith("neuron:precision:") for l in (ax.get_label() for ax in fig.axes))
     assert len(axes_by_label(fig, "empty:precision:")) == 2 * 3

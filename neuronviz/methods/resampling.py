@@ -44,8 +44,22 @@ class NeuronScores:
         constant activation left out; NaN if all are), or (C, H, W) per unit.
     precision : dict of str to torch.Tensor
         Per layer, (C,) ``1 / mean over positions of Var(activation)`` (population variance),
-        ``+inf`` for a constant channel, NaN for a channel whose mean activation is under
-        ``dead_threshold``; or (C, H, W) per unit.
+        ``+inf`` for a constant channel, NaN for a channel that is both excluded (see
+        ``excluded``) and constant over the copies (a dead channel has no precision to rank);
+        or (C, H, W) per unit. An excluded channel whose map varies keeps its value, so that
+        it can be drawn, but is never selected by :meth:`top`.
+    excluded : dict of str to torch.Tensor
+        Per layer, a bool mask shaped like ``precision``: the neurons left out of the precision
+        selection, by the rule named in ``exclusion_rule``.
+    exclusion_rule : dict of str to str
+        Per layer, why neurons were excluded. ``"mean"``, for a layer that never takes a
+        negative value on any copy (post-ReLU, the paper's setting): the input-resampling
+        paper's rule exactly, a mean activation (over copies and positions) under
+        ``dead_threshold`` (silent or dead channels). ``"dead"``, for a layer that takes
+        negative values (a raw convolution, a linear bottleneck, SiLU/GELU): a negative mean
+        says nothing about whether a channel works, so only a dead neuron is excluded: one that
+        is constant over the copies at every position, or whose largest magnitude over every
+        copy and position stays under ``dead_threshold``.
     mean_activation : dict of str to torch.Tensor
         Per layer, the mean activation over samples (and positions, unless per unit).
     outputs : torch.Tensor
@@ -65,7 +79,7 @@ class NeuronScores:
     seed : int
         Seed of the perturbed set.
     dead_threshold : float
-        Channels with a mean activation below this have NaN precision.
+        The threshold of the exclusion rules (see ``exclusion_rule``).
     channel_means : dict of str to torch.Tensor or None
         With ``keep_channel_means=True``: per layer, (N, C) float32 activation of every
         channel on every sample, averaged over positions (what the widgets plot against
@@ -86,10 +100,26 @@ class NeuronScores:
     dead_threshold: float = 0.1
     layers: list[str] = field(default_factory=list)
     channel_means: dict[str, torch.Tensor] | None = None
+    excluded: dict[str, torch.Tensor] = field(default_factory=dict)
+    exclusion_rule: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.layers:
             self.layers = list(self.correlation)
+        for layer, prec in self.precision.items():
+            # scores built by hand: NaN precision is what is left out
+            self.excluded.setdefault(layer, torch.isnan(prec))
+
+    def n_excluded(self) -> dict[str, int]:
+        """How many neurons of each layer are left out of the precision selection.
+
+        Returns
+        -------
+        dict of str to int
+            Per layer; ``exclusion_rule`` says why.
+        """
+        return {layer: int(self.excluded[layer].sum()) for layer in self.layers}
+
 
     def metric(self, name: str) -> dict[str, torch.Tensor]:
         """The scores of one metric, ``"correlation"`` or ``"precision"``.
@@ -106,8 +136,8 @@ class NeuronScores:
     def top(self, metric: str, k: int = 5) -> dict[str, list]:
         """The ``k`` best neurons of each layer by ``metric``, best first.
 
-        NaN scores are never selected; ``+inf`` precision ranks first. Ties keep the lower
-        index first.
+        NaN scores are never selected, nor, for precision, the ``excluded`` neurons;
+        ``+inf`` precision ranks first. Ties keep the lower index first.
 
         Parameters
         ----------
@@ -126,7 +156,10 @@ class NeuronScores:
         out: dict[str, list] = {}
         for layer, s in self.metric(metric).items():
             flat = s.reshape(-1)
-            valid = torch.nonzero(~torch.isnan(flat)).flatten()
+            keep = ~torch.isnan(flat)
+            if metric == "precision" and layer in self.excluded:
+                keep &= ~self.excluded[layer].reshape(-1)
+            valid = torch.nonzero(keep).flatten()
             # stable sort on -score: +inf first, ties by index
             order = valid[torch.sort(-flat[valid], stable=True).indices][:k].tolist()
             if self.per_unit and s.dim() > 1:
@@ -135,7 +168,7 @@ class NeuronScores:
         return out
 
     def as_rows(self) -> list[dict]:
-        """One dict per neuron (layer, channel or unit, correlation, precision, mean activation).
+        """One dict per neuron (layer, channel or unit, correlation, precision, mean activation, excluded).
 
         Returns
         -------
@@ -147,8 +180,10 @@ class NeuronScores:
             corr = self.correlation[layer].reshape(-1).tolist()
             prec = self.precision[layer].reshape(-1).tolist()
             mean = self.mean_activation[layer].reshape(-1).tolist()
-            for i, (c, p, m) in enumerate(zip(corr, prec, mean)):
-                rows.append({"layer": layer, "neuron": i, "correlation": c, "precision": p, "mean_activation": m})
+            out = self.excluded[layer].reshape(-1).tolist()
+            for i, (c, p, m, e) in enumerate(zip(corr, prec, mean, out)):
+                rows.append({"layer": layer, "neuron": i, "correlation": c, "precision": p, "mean_activation": m,
+                             "excluded": e})
         return rows
 
     def __repr__(self) -> str:
@@ -201,23 +236,35 @@ def _as_features(act: torch.Tensor) -> torch.Tensor:
 
 def _finalise(
     moments: CoMoments, shape: tuple[int, ...], per_unit: bool, dead_threshold: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The spec's formulas from the accumulated moments: correlation, precision, mean activation."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
+    """The spec's formulas from the accumulated moments: correlation, precision, mean activation,
+    the excluded neurons and the rule that excluded them (see :class:`NeuronScores`)."""
     c = shape[0]
     corr_unit = moments.correlation().abs().view(c, -1)
     var_unit = moments.variance().view(c, -1)
     mean_unit = moments.mean.view(c, -1)
+    lo, hi = moments.minimum.view(c, -1), moments.maximum.view(c, -1)
+    constant_unit = hi == lo
+    magnitude_unit = torch.maximum(lo.abs(), hi.abs())
     if per_unit:
-        corr, var, mean = corr_unit, var_unit, mean_unit
+        corr, var, mean, constant, magnitude = corr_unit, var_unit, mean_unit, constant_unit, magnitude_unit
         view = shape if len(shape) > 1 else (c,)
     else:
         corr = torch.nanmean(corr_unit, dim=1)  # NaN when every position is constant
         var, mean = var_unit.mean(1), mean_unit.mean(1)
+        constant, magnitude = constant_unit.all(1), magnitude_unit.amax(1)
         view = (c,)
+    # the paper's rule presumes post-ReLU maps; a layer that goes negative only loses dead neurons
+    rule = "mean" if bool((lo >= 0).all()) else "dead"
     with torch.no_grad():
+        if rule == "mean":
+            excluded = mean < dead_threshold
+        else:
+            excluded = constant | (magnitude < dead_threshold)
         precision = torch.where(var > 0, 1.0 / var, torch.full_like(var, math.inf))
-        precision = torch.where(mean < dead_threshold, torch.full_like(precision, math.nan), precision)
-    return corr.reshape(view).cpu(), precision.reshape(view).cpu(), mean.reshape(view).cpu()
+        precision = torch.where(excluded & constant, torch.full_like(precision, math.nan), precision)
+    return (corr.reshape(view).cpu(), precision.reshape(view).cpu(), mean.reshape(view).cpu(),
+            excluded.reshape(view).cpu(), rule)
 
 
 def score_neurons(
@@ -302,7 +349,11 @@ def score_neurons(
     per_unit : bool
         Score every unit (channel x position) instead of every channel.
     dead_threshold : float
-        Channels (units) whose mean activation is below this get NaN precision.
+        Threshold of the exclusion from the precision selection. On a layer that is never
+        negative (post-ReLU), the paper's rule: neurons whose mean activation is under it. On a
+        layer that takes negative values, only dead neurons: constant over the copies, or never
+        larger in magnitude than it. See :attr:`NeuronScores.excluded`; an excluded neuron that
+        is also constant gets NaN precision.
     progress : callable, optional
         Called as ``progress(done, total)`` after each batch with this rank's counts (for a
         DataLoader, ``total`` is the length of its sampler, or ``done`` when unknown); an
@@ -435,11 +486,12 @@ def score_neurons(
                 RuntimeWarning,
                 stacklevel=2,
             )
-        corr, prec, mean = {}, {}, {}
+        corr, prec, mean, excluded, rules = {}, {}, {}, {}, {}
         for name in names:
             m = moments.pop(name, None) or CoMoments(math.prod(shapes[name]), dev)  # a rank without samples
             m = all_reduce_comoments(m, ranks)
-            corr[name], prec[name], mean[name] = _finalise(m, shapes[name], per_unit, dead_threshold)
+            corr[name], prec[name], mean[name], excluded[name], rules[name] = _finalise(
+                m, shapes[name], per_unit, dead_threshold)
         moments.clear()  # free the accumulators before returning
 
     return NeuronScores(
@@ -457,6 +509,8 @@ def score_neurons(
         dead_threshold=float(dead_threshold),
         layers=names,
         channel_means=kept if keep_channel_means else None,
+        excluded=excluded,
+        exclusion_rule=rules,
     )
 
 

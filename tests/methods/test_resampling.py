@@ -19,6 +19,7 @@ from tiny_nets import tiny_cnn
 
 
 def numpy_scores(acts: np.ndarray, out: np.ndarray, dead: float = 0.1, per_unit: bool = False):
+    """Correlation, precision and excluded mask; the exclusion rule as NeuronScores documents it."""
     n = acts.shape[0]
     a = acts.reshape(n, acts.shape[1], -1).astype(np.float64)  # (N, C, P)
     c, p = a.shape[1:]
@@ -30,17 +31,29 @@ def numpy_scores(acts: np.ndarray, out: np.ndarray, dead: float = 0.1, per_unit:
             var_unit[k, j] = np.var(col)  # ddof = 0
             if np.ptp(col) > 0:
                 corr_unit[k, j] = abs(np.corrcoef(col, out)[0, 1])
+    signed = (a < 0).any()
     if per_unit:
         prec = np.where(var_unit > 0, 1 / np.where(var_unit > 0, var_unit, 1), np.inf)
-        prec[a.mean(0) < dead] = np.nan
-        return corr_unit.reshape(acts.shape[1:]), prec.reshape(acts.shape[1:])
+        constant = np.ptp(a, axis=0) == 0
+        if signed:
+            excluded = constant | (np.abs(a).max(0) < dead)
+        else:
+            excluded = a.mean(0) < dead
+        prec[excluded & constant] = np.nan
+        shape = acts.shape[1:]
+        return corr_unit.reshape(shape), prec.reshape(shape), excluded.reshape(shape)
     with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
         __import__("warnings").simplefilter("ignore")
         corr = np.nanmean(corr_unit, axis=1)
     mean_var = var_unit.mean(1)
     prec = np.where(mean_var > 0, 1 / np.where(mean_var > 0, mean_var, 1), np.inf)
-    prec[a.mean(axis=(0, 2)) < dead] = np.nan
-    return corr, prec
+    constant = (np.ptp(a, axis=0) == 0).all(1)
+    if signed:
+        excluded = constant | (np.abs(a).max(axis=(0, 2)) < dead)
+    else:
+        excluded = a.mean(axis=(0, 2)) < dead
+    prec[excluded & constant] = np.nan
+    return corr, prec, excluded
 
 
 def record(model, samples, layers, target_fn):
@@ -61,9 +74,10 @@ def test_scores_match_numpy_on_the_same_activations(per_unit):
     acts, out = record(net, samples, layers, lambda o: torch.softmax(o.double(), 1)[:, 2])
     np.testing.assert_allclose(scores.outputs.numpy(), out, rtol=1e-6)
     for layer in layers:
-        corr, prec = numpy_scores(acts[layer], out, per_unit=per_unit)
+        corr, prec, excluded = numpy_scores(acts[layer], out, per_unit=per_unit)
         np.testing.assert_allclose(scores.correlation[layer].numpy(), corr, rtol=1e-6, atol=1e-7, equal_nan=True)
         np.testing.assert_allclose(scores.precision[layer].numpy(), prec, rtol=1e-6, equal_nan=True)
+        np.testing.assert_array_equal(scores.excluded[layer].numpy(), excluded)
         assert scores.shapes[layer] == acts[layer].shape[1:]
     assert scores.correlation["fc"].shape == (5,)  # (N, F) layer: F channels of one position
 
@@ -162,16 +176,46 @@ def planted_samples(n=40, seed=0):
 
 def test_planted_driver_ranks_first_by_correlation_and_constant_first_by_precision():
     samples = planted_samples()
+    # post-ReLU: the paper's rule, channel 2 (always 0) is dead, channel 1 (always 5) is constant
     scores = nv.score_neurons(
-        Planted(), samples[0], "feat", samples=samples, target=0, output="logit", dead_threshold=0.1
+        Planted(), samples[0], "act", samples=samples, target=0, output="logit", dead_threshold=0.1
     )
-    corr, prec = scores.correlation["feat"], scores.precision["feat"]
-    assert scores.top("correlation", k=4)["feat"][0] == 0
+    corr, prec = scores.correlation["act"], scores.precision["act"]
+    assert scores.exclusion_rule["act"] == "mean" and scores.excluded["act"].tolist() == [False, False, True, False]
+    assert scores.top("correlation", k=4)["act"][0] == 0
     assert corr[0] > 0.999 and corr[3] < 0.5
-    assert math.isinf(prec[1]) and scores.top("precision", k=1)["feat"] == [1]
-    assert math.isnan(prec[2]) and 2 not in scores.top("precision", k=4)["feat"]
-    assert math.isnan(corr[2]) and 2 not in scores.top("correlation", k=4)["feat"]  # constant: no Pearson
+    assert math.isinf(prec[1]) and scores.top("precision", k=1)["act"] == [1]
+    assert math.isnan(prec[2]) and 2 not in scores.top("precision", k=4)["act"]
+    assert math.isnan(corr[2]) and 2 not in scores.top("correlation", k=4)["act"]  # constant: no Pearson
     assert math.isnan(corr[1])
+
+
+def test_on_a_signed_layer_only_constant_or_tiny_channels_are_excluded():
+    samples = planted_samples()
+    samples[:, 1] -= 3.5  # channel 3 copies input channel 1: now signed, mean about -0.0
+    scores = nv.score_neurons(Planted(), samples[0], "feat", samples=samples, target=0, output="logit")
+    assert scores.exclusion_rule["feat"] == "dead"
+    # the paper's rule would drop channel 2 (constant -1) and channel 3 (negative mean, varying)
+    assert float(scores.mean_activation["feat"][3]) < 0.1 and float(scores.mean_activation["feat"][2]) < 0
+    assert scores.excluded["feat"].tolist() == [False, True, True, False]  # 1 and 2: constant over the copies
+    assert scores.n_excluded() == {"feat": 2}
+    prec = scores.precision["feat"]
+    assert math.isnan(prec[1]) and math.isnan(prec[2]) and math.isfinite(prec[3])
+    assert sorted(scores.top("precision", k=4)["feat"]) == [0, 3]
+
+
+def test_on_a_signed_layer_a_channel_never_above_the_threshold_in_magnitude_is_excluded():
+    samples = planted_samples()
+    net = Planted()
+    with torch.no_grad():
+        net.feat.weight[3, 1] = 0.01  # channel 3: varies, but |value| stays under 0.1
+        net.feat.bias[3] = -0.05
+    scores = nv.score_neurons(net, samples[0], "feat", samples=samples, target=0, output="logit")
+    assert scores.exclusion_rule["feat"] == "dead" and bool(scores.excluded["feat"][3])
+    assert math.isfinite(scores.precision["feat"][3])  # it varies: its precision is still given
+    assert 3 not in scores.top("precision", k=4)["feat"]
+    wide = nv.score_neurons(net, samples[0], "feat", samples=samples, target=0, output="logit", dead_threshold=0.01)
+    assert not bool(wide.excluded["feat"][3])
 
 
 def test_per_unit_top_returns_positions():
