@@ -16,7 +16,8 @@ from .core.errors import LayerNotFoundError, NeuronvizError
 
 __all__ = ["main", "build_parser"]
 
-_DEFAULT_LAYERS = ["blocks.10", "blocks.15"]
+# neuronviz.core.layer_choice.EFFICIENTNET_LITE0_LAYERS (not imported here: torch loads only when a command runs)
+_DEFAULT_LAYERS = ["blocks.10.expand.act", "blocks.15.depthwise.act"]
 _N_PRINTED = 5
 
 
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuronviz",
         description="Explain a convolutional network from the inside, on the bundled EfficientNet-Lite0.",
-        epilog="Example: neuronviz demo --out demo.png --image coffee --layers blocks.10 blocks.15",
+        epilog="Example: neuronviz demo --out demo.png --image coffee --layers blocks.10.expand.act blocks.15.depthwise.act",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

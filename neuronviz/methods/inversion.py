@@ -155,8 +155,8 @@ def _vgg_like_layers(features: nn.Module) -> tuple[str, str] | None:
     return f"features.{relu}", f"features.{pool}"
 
 
-def default_inversion_layers(model: nn.Module) -> tuple[str, str] | None:
-    """The mask layer ``l1`` and feature layer ``l0`` used for a known architecture.
+def default_inversion_layers(model: nn.Module, x: torch.Tensor | None = None) -> tuple[str, str] | None:
+    """The mask layer ``l1`` and feature layer ``l0`` used when none are named.
 
     Detected by class:
 
@@ -191,15 +191,28 @@ def default_inversion_layers(model: nn.Module) -> tuple[str, str] | None:
 
     The stage-2 L1 weight for these models is :func:`default_inversion_delta`.
 
+    Any other network, given a probe input ``x`` (one forward pass; the model is restored and no
+    hook stays): ``l1`` is the last post-activation map with a spatial (C, h, w) output, found as
+    :func:`neuronviz.core.layer_choice.activation_layers` finds them (an activation module after
+    a convolution, a block that rectifies its output, a convolution whose output is then
+    rectified), else the last convolution with a spatial output; ``l0`` is the last spatial map
+    the network computes from ``l1`` on (the last (C, h, w) output before global pooling,
+    dropout and identity modules skipped), as pool5 on VGG. Many networks end on a small map at
+    a small input (2 x 2 at 64 px for most ImageNet classifiers): the mask is then coarse.
+
     Parameters
     ----------
     model : torch.nn.Module
         The network.
+    x : torch.Tensor, optional
+        A probe input as the model takes it (e.g. the images to explain), for architectures not
+        listed above.
 
     Returns
     -------
     tuple of str or None
-        ``(mask_layer, feature_layer)``, or None for an architecture not listed above.
+        ``(mask_layer, feature_layer)``, or None for an architecture not listed above when ``x``
+        is not given or the network has no layer with a spatial (C, h, w) output.
     """
     tv = sys.modules.get("torchvision.models")  # a torchvision model implies torchvision is imported
     if tv is not None:
@@ -215,7 +228,29 @@ def default_inversion_layers(model: nn.Module) -> tuple[str, str] | None:
 
     if isinstance(model, EfficientNetLite0):
         return "head", "head"
-    return None
+    if x is None:
+        return None
+    return _any_cnn_layers(model, x)
+
+
+def _any_cnn_layers(model: nn.Module, x: torch.Tensor) -> tuple[str, str] | None:
+    """(l1, l0) of any network with a spatial map: the last post-activation map, the last spatial map."""
+    from ..core.layer_choice import activation_layers, spatial_convolutions
+
+    x = x if x.dim() == 4 else x.unsqueeze(0)
+    summary = layer_summary(model, x[:1].to(model_device(model)))
+    modules = dict(model.named_modules())
+    spatial = [i.name for i in summary if len(i.shape) == 3 and i.positions > 1]
+    convs = spatial_convolutions(model, summary)
+    # conv outputs and maps rectified after a conv are channels first, as the mask needs
+    found = [n for n in activation_layers(model, summary, x[:1]) if n in spatial] or convs
+    if not found:
+        return None
+    mask_layer = found[-1]
+    skip = (nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten)
+    after = spatial[spatial.index(mask_layer):]
+    later = [n for n in after if not isinstance(modules[n], skip)]  # l0 may have any layout
+    return mask_layer, (later[-1] if later else mask_layer)
 
 
 def default_inversion_delta(model: nn.Module) -> float:
@@ -617,7 +652,7 @@ def guided_feature_inversion(
         x = x.expand(len(targets), *x.shape[1:])
 
     if mask_layer is None or feature_layer is None:
-        defaults = default_inversion_layers(model)
+        defaults = default_inversion_layers(model, x)
         if defaults is None:
             if mask_layer is None and feature_layer is None:
                 raise _unknown_architecture(model, x)

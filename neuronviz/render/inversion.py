@@ -1,13 +1,15 @@
-"""Guided feature inversion figures: each image with its stage-1 and stage-2 masks."""
+"""Guided feature inversion figures: each image with its stage-1 and stage-2 masks, drawn from the result alone."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from ..core.errors import NeuronvizError
 from ..methods.inversion import InversionResult
 from .figure import FONT_SIZES, StaticFigure, check_display_image, check_path, class_label, save
 
@@ -16,21 +18,27 @@ __all__ = ["render_inversion"]
 
 def render_inversion(
     result: InversionResult,
-    x: torch.Tensor,
+    x: torch.Tensor | None = None,
     *,
+    pictures: Sequence[np.ndarray] | None = None,
     categories: list[str] | None = None,
     path: str | Path | None = None,
     dpi: int = 150,
 ) -> Figure:
     """Draw each explained image with its class-agnostic (stage 1) and class-discriminative (stage 2) mask.
 
+    The figure is drawn from the result and the images only: nothing here runs a model.
+
     Parameters
     ----------
     result : InversionResult
         From :func:`neuronviz.guided_feature_inversion`.
-    x : torch.Tensor
+    x : torch.Tensor, optional
         The explained images, (B, 3, H, W) normalised as for the default model, or (1, 3, H, W)
-        when several targets explained one image.
+        when several targets explained one image; un-normalised with :func:`neuronviz.deprocess`.
+    pictures : sequence of numpy.ndarray, optional
+        Instead of ``x``: the pictures to draw, (H, W, 3) floats in [0, 1] (or (H, W) grey), one
+        per mask or one for all (for models normalised otherwise, as a view draws them).
     categories : list of str, optional
         Class names for the titles (default: ImageNet names for 1000-class targets).
     path : str or pathlib.Path, optional
@@ -44,18 +52,19 @@ def render_inversion(
 
     Raises
     ------
-    ValueError
-        Images and masks of different counts or sizes, or an unsupported suffix.
+    NeuronvizError
+        Neither or both of ``x`` and ``pictures``, images and masks of different counts or sizes,
+        or an unsupported suffix.
     """
-    from ..data import deprocess
-
     path = check_path(path)
     masks, stage1 = result.mask, result.inversion_mask
-    if x.shape[0] == 1 and masks.shape[0] > 1:
-        x = x.expand(masks.shape[0], *x.shape[1:])
-    if x.shape[0] != masks.shape[0] or tuple(x.shape[-2:]) != tuple(masks.shape[-2:]):
-        raise ValueError(
-            f"{x.shape[0]} image(s) of {tuple(x.shape[-2:])} do not match {masks.shape[0]} mask(s) of "
+    images = _images(x, pictures)
+    if len(images) == 1 and masks.shape[0] > 1:
+        images = images * masks.shape[0]
+    sizes = {tuple(img.shape[:2]) for img in images}
+    if len(images) != masks.shape[0] or sizes != {tuple(masks.shape[-2:])}:
+        raise NeuronvizError(
+            f"{len(images)} image(s) of {sorted(sizes)} do not match {masks.shape[0]} mask(s) of "
             f"{tuple(masks.shape[-2:])}: pass the images that were explained"
         )
     rows = masks.shape[0]
@@ -63,7 +72,7 @@ def render_inversion(
     fig = StaticFigure(figsize=(7.5, rows * (2.5 * aspect + 0.45) + 0.4), dpi=dpi, layout="constrained")
     axes = np.atleast_2d(fig.subplots(rows, 3))
     for b in range(rows):
-        img = check_display_image(deprocess(x[b]))
+        img = images[b]
         name = categories[result.target[b]] if categories is not None else class_label(result.target[b], 1000)
         panels = [
             (None, f"{name}\np = {float(result.probability[b]):.2f}"),
@@ -83,3 +92,14 @@ def render_inversion(
     )
     save(fig, path, dpi)
     return fig
+
+
+def _images(x: torch.Tensor | None, pictures: Sequence[np.ndarray] | None) -> list[np.ndarray]:
+    """The (H, W, 3) pictures to draw, from the normalised images or as given."""
+    if pictures is not None and x is None:
+        return [check_display_image(p) for p in pictures]
+    if x is not None and pictures is None:
+        from ..data import deprocess
+
+        return [check_display_image(deprocess(img)) for img in x]
+    raise NeuronvizError("pass the explained images as x= (normalised tensors) or as pictures=, one of the two")

@@ -1,9 +1,16 @@
-"""App: the neuron explorer, PCACE and guided feature inversion of one model as tabs, and ``app()``."""
+"""App: the neuron explorer, PCACE and guided feature inversion of one model as tabs, and ``app()``.
+
+The tabs come from one registry, :data:`TABS`: a tab is a name, the view class and how to
+build the view from the app (its model, image and image set). Adding a tab is one entry::
+
+    TABS["saliency"] = Tab(SaliencyView, lambda app, **kw: SaliencyView(app.model, app.x, **kw))
+"""
 
 from __future__ import annotations
 
 import html
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import ipywidgets as W
 import numpy as np
@@ -13,35 +20,62 @@ from torch import nn
 
 from ..core.errors import NeuronvizError
 from .colab import enable_colab_widgets
-from .explorer import NeuronExplorer, _check_int
+from .explorer import NeuronExplorer
 from .inversion_view import InversionView
-from .legacy_panels import BackgroundView
 from .pcace_view import PCACEView
+from .settings import Int
 
-__all__ = ["App", "app", "TABS"]
+__all__ = ["App", "Tab", "TABS", "app"]
 
-#: The tabs of an :class:`App`, in order.
-TABS = ("explorer", "pcace", "inversion")
-_TITLES = {"explorer": NeuronExplorer.title, "pcace": PCACEView.title, "inversion": InversionView.title}
+
+@dataclass(frozen=True)
+class Tab:
+    """One tab of an :class:`App`: its view class and how to build the view.
+
+    Attributes
+    ----------
+    view : type
+        The view class (a :class:`~neuronviz.widgets.view.View`); its ``title`` is the tab's title.
+    make : callable
+        ``make(app, **options) -> view``, the view of the app's model, image or image set
+        (``app.model``, ``app.x``, :meth:`App.image_set`), ``options`` the user's keyword arguments
+        of the view.
+    takes_target : bool
+        Whether the view takes ``target=`` (the app's ``target`` reaches it).
+    """
+
+    view: Any
+    make: Callable[..., Any]
+    takes_target: bool = True
+
+
+#: The tabs of an :class:`App`, in order: name -> :class:`Tab`.
+TABS: dict[str, Tab] = {
+    "explorer": Tab(NeuronExplorer, lambda app, **kw: NeuronExplorer(app.model, app.x, **kw)),
+    "pcace": Tab(PCACEView, lambda app, **kw: PCACEView(app.model, app.image_set(), **kw)),
+    "inversion": Tab(InversionView, lambda app, **kw: InversionView(app.model, app.x, **kw)),
+}
 
 
 class App(W.Tab):
     """The neuron explorer, PCACE and guided feature inversion of one model and image, as tabs.
 
     Tab "Neurons" is a :class:`NeuronExplorer` of the image, "PCACE" a :class:`PCACEView` of a
-    set of images of its class, "Inversion" an :class:`InversionView` of the image. With
-    ``lazy=True`` a tab's view is built (and its first run started) when the tab is first
-    shown, so the explorer appears at once. Runs of the three views take turns on the model
-    (one thread at a time runs it), so the model is never run by two of them at once.
+    set of images of its class, "Inversion" an :class:`InversionView` of the image (the tabs of
+    :data:`TABS`, in order). With ``lazy=True`` a tab's view is built (and its first run started)
+    when the tab is first shown, so the explorer appears at once. Runs of the views take turns
+    on the model (one thread at a time runs it), so the model is never run by two of them at once.
 
     Python interface
     ----------------
     explorer, pcace, inversion
-        The views (accessing one builds it if its tab was not shown yet).
-    views : dict of str to BackgroundView
+        The views, one property per tab (accessing one builds it if its tab was not shown yet).
+    views : dict of str to View
         The views built so far, by tab name (:data:`TABS`).
     tab : str
         The tab shown; settable (``app.tab = "pcace"``).
+    image_set()
+        The images of the PCACE tab.
     wait(timeout=None)
         Block until every built view's run ended.
     close()
@@ -64,19 +98,21 @@ class App(W.Tab):
     seed : int
         Seed of those views.
     target : int, optional
-        The class all three views explain at first; default each view's own (the prediction).
+        The class every view explains at first; default each view's own (the prediction).
     lazy : bool
         Build a tab's view when the tab is first shown (True), or all at once.
-    explorer, pcace, inversion : dict, optional
-        Keyword arguments of :class:`NeuronExplorer`, :class:`PCACEView` and
+    **options : dict
+        Keyword arguments of a tab's view, by tab name: ``explorer=`` of
+        :class:`NeuronExplorer`, ``pcace=`` of :class:`PCACEView`, ``inversion=`` of
         :class:`InversionView` (e.g. ``explorer={"n_samples": 32}``,
         ``inversion={"stage2_steps": 30}``).
 
     Raises
     ------
     NeuronvizError
-        A bad image, ``n_images``, ``seed`` or options; errors of a lazily built view are shown
-        in its tab when it is opened (and raised by the property that builds it).
+        A bad image, ``n_images``, ``seed`` or options (or a tab that does not exist); errors
+        of a lazily built view are shown in its tab when it is opened (and raised by the
+        property that builds it).
     """
 
     def __init__(
@@ -89,16 +125,16 @@ class App(W.Tab):
         seed: int = 0,
         target: int | None = None,
         lazy: bool = True,
-        explorer: dict | None = None,
-        pcace: dict | None = None,
-        inversion: dict | None = None,
+        **options: dict | None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise NeuronvizError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        n_images = _check_int("n_images", n_images, 1)
-        seed = _check_int("seed", seed, 0, 2**31 - 1)
-        options = {"explorer": explorer, "pcace": pcace, "inversion": inversion}
+        n_images = Int(1)(n_images, "n_images")
+        seed = Int(0, 2**31 - 1)(seed, "seed")
         for name, value in options.items():
+            if name not in TABS:
+                raise NeuronvizError(f"App() got an unexpected keyword argument {name!r}: the tabs are {list(TABS)}, "
+                                     "and a tab's options go in a dict under its name")
             if value is not None and not isinstance(value, dict):
                 raise NeuronvizError(f"{name}= must be a dict of keyword arguments of its view, got {value!r}")
         self._photo = None
@@ -119,54 +155,71 @@ class App(W.Tab):
         self.add_class("nv-app")
         self.model, self.x, self._images = model, x, images
         self._n_images, self._seed, self._target = n_images, seed, target
-        self._options = {name: dict(value or {}) for name, value in options.items()}
-        self._views: dict[str, BackgroundView] = {}
+        self._options = {name: dict(options.get(name) or {}) for name in TABS}
+        self._names = list(TABS)
+        self._views: dict[str, Any] = {}
         self._errors: dict[str, BaseException] = {}
-        self._slots = {name: W.VBox([W.HTML(f"<i>{_TITLES[name]}: opens when this tab is shown</i>")])
-                       for name in TABS}
+        self._slots = {name: W.VBox([W.HTML(f"<i>{tab.view.title}: opens when this tab is shown</i>")])
+                       for name, tab in TABS.items()}
         for name, slot in self._slots.items():
             slot.add_class(f"nv-tab-{name}")
-        self.children = [self._slots[name] for name in TABS]
-        self.titles = [_TITLES[name] for name in TABS]
+        self.children = list(self._slots.values())
+        self.titles = [tab.view.title for tab in TABS.values()]
         self.selected_index = 0
         self.observe(self._tab_changed, names="selected_index")
-        self._build("explorer", raise_errors=True)  # the first tab: a bad argument fails here, at once
+        self._build(self._names[0], raise_errors=True)  # the first tab: a bad argument fails here, at once
         if not lazy:
-            for name in TABS[1:]:
+            for name in self._names[1:]:
                 self._build(name)
 
     # ------------------------------------------------------------------ views
 
     @property
-    def explorer(self) -> NeuronExplorer:
-        """The neuron explorer (tab "Neurons")."""
-        return self._build("explorer", raise_errors=True)
-
-    @property
-    def pcace(self) -> PCACEView:
-        """The PCACE view (tab "PCACE"); built now if its tab was not shown yet."""
-        return self._build("pcace", raise_errors=True)
-
-    @property
-    def inversion(self) -> InversionView:
-        """The inversion view (tab "Inversion"); built now if its tab was not shown yet."""
-        return self._build("inversion", raise_errors=True)
-
-    @property
-    def views(self) -> dict[str, BackgroundView]:
+    def views(self) -> dict[str, Any]:
         """The views built so far, by tab name."""
         return dict(self._views)
 
     @property
     def tab(self) -> str:
         """The name of the tab shown (one of :data:`TABS`); settable."""
-        return TABS[self.selected_index or 0]
+        return self._names[self.selected_index or 0]
 
     @tab.setter
     def tab(self, name: str) -> None:
+        if name not in self._names:
+            raise NeuronvizError(f"tab must be one of {self._names}, got {name!r}")
+        self.selected_index = self._names.index(name)
+
+    def view(self, name: str) -> Any:
+        """The view of tab ``name``, built now if its tab was not shown yet.
+
+        Raises
+        ------
+        NeuronvizError
+            An unknown tab, or the view could not be built (the error it raised).
+        """
         if name not in TABS:
-            raise NeuronvizError(f"tab must be one of {TABS}, got {name!r}")
-        self.selected_index = TABS.index(name)
+            raise NeuronvizError(f"tab must be one of {list(TABS)}, got {name!r}")
+        return self._build(name, raise_errors=True)
+
+    def image_set(self) -> torch.Tensor:
+        """The (N, C, H, W) images of the PCACE tab: those given, or ``n_images`` views of the photo.
+
+        Raises
+        ------
+        NeuronvizError
+            Neither images nor a photo were given.
+        """
+        if self._images is None:
+            if self._photo is None:
+                raise NeuronvizError(
+                    "PCACE ranks channels over a set of images: pass images= (N, C, H, W), e.g. "
+                    "nv.augment(photo, 48) for views of one photo, or give the App the photo itself"
+                )
+            from ..data import augment
+
+            self._images = augment(self._photo, self._n_images, seed=self._seed)
+        return self._images
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the run of every view built so far ended (``TimeoutError`` after ``timeout`` s each)."""
@@ -177,14 +230,17 @@ class App(W.Tab):
         """Stop the views' workers and close the widgets."""
         for view in list(getattr(self, "_views", {}).values()):
             view.close()
+        for slot in getattr(self, "_slots", {}).values():
+            _replace(slot, [])
+            slot.close()
         super().close()
 
     # ------------------------------------------------------------------ internals
 
     def _tab_changed(self, change: dict) -> None:
         index = change["new"]
-        if index is not None and 0 <= index < len(TABS):
-            self._build(TABS[index])
+        if index is not None and 0 <= index < len(self._names):
+            self._build(self._names[index])
 
     def _build(self, name: str, raise_errors: bool = False) -> Any:
         view = self._views.get(name)
@@ -194,44 +250,45 @@ class App(W.Tab):
             if raise_errors:
                 raise self._errors[name]
             return None
-        slot = self._slots[name]
-        slot.children = [W.HTML(f"<i>{_TITLES[name]}: preparing…</i>")]
+        tab, slot = TABS[name], self._slots[name]
+        _replace(slot, [W.HTML(f"<i>{tab.view.title}: preparing…</i>")])
+        kwargs = dict(self._options[name])
+        if tab.takes_target and self._target is not None:
+            kwargs.setdefault("target", self._target)
         try:
-            view = self._make(name)
+            view = tab.make(self, **kwargs)
         except Exception as err:  # noqa: BLE001 - shown in the tab; raised by the property that asked
             self._errors[name] = err
-            slot.children = [_error_box(f"{_TITLES[name]} could not start: {type(err).__name__}: {err}")]
+            _replace(slot, [_error_box(f"{tab.view.title} could not start: {type(err).__name__}: {err}")])
             if raise_errors:
                 raise
             return None
         self._views[name] = view
-        slot.children = [view]
+        _replace(slot, [view])
         return view
-
-    def _make(self, name: str) -> BackgroundView:
-        kwargs = dict(self._options[name])
-        if self._target is not None:
-            kwargs.setdefault("target", self._target)
-        model, x = self.model, self.x
-        if name == "explorer":
-            return NeuronExplorer(model, x, **kwargs)
-        if name == "inversion":
-            return InversionView(model, x, **kwargs)
-        images = self._images
-        if images is None:
-            if self._photo is None:
-                raise NeuronvizError(
-                    "PCACE ranks channels over a set of images: pass images= (N, C, H, W), e.g. "
-                    "nv.augment(photo, 48) for views of one photo, or give the App the photo itself"
-                )
-            from ..data import augment
-
-            images = self._images = augment(self._photo, self._n_images, seed=self._seed)
-        return PCACEView(model, images, **kwargs)
 
     def __repr__(self) -> str:
         built = {name: view.status for name, view in self._views.items()}
         return f"App(tab={self.tab!r}, views={built})"
+
+
+def _tab_property(name: str) -> property:
+    def get(self: App) -> Any:
+        return self.view(name)
+
+    return property(get, doc=f"The view of tab {name!r} ({TABS[name].view.__name__}); built now if not shown yet.")
+
+
+for _name in TABS:  # one property per tab: app.explorer, app.pcace, app.inversion
+    setattr(App, _name, _tab_property(_name))
+
+
+def _replace(slot: W.Box, children: list[W.Widget]) -> None:
+    """Put ``children`` in ``slot``, closing the notes they replace (views are closed by their own close())."""
+    old, slot.children = slot.children, children
+    for child in old:
+        if not isinstance(child, W.Box):
+            child.close()
 
 
 def _error_box(message: str) -> W.HTML:

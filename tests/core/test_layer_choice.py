@@ -216,3 +216,9 @@ def test_vit_gets_late_encoder_blocks_before_the_last():
     x = torch.randn(1, 3, 32, 32)
     assert default_layers(model, summary_of(model, x)) == ["encoder.layers.encoder_layer_9",
                                                           "encoder.layers.encoder_layer_10"]
+
+
+def test_the_command_line_default_is_the_default_models_pair():
+    from neuronviz.__main__ import _DEFAULT_LAYERS
+
+    assert _DEFAULT_LAYERS == list(EFFICIENTNET_LITE0_LAYERS)

@@ -8,14 +8,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from explorer_nets import gated_cnn, image
 from PIL import Image
 
 import neuronviz as nv
+from neuronviz.core.locks import hold_model, is_held
 from neuronviz.widgets import App, InversionView, NeuronExplorer, PCACEView
-from neuronviz.widgets.app import TABS
-from neuronviz.widgets.panels import hold_model, model_lock
-
-from explorer_nets import gated_cnn, image
+from neuronviz.widgets.app import TABS, Tab
 
 OPTIONS = {
     "explorer": {"n_samples": 6},
@@ -51,7 +50,7 @@ def test_only_the_explorer_is_built_until_another_tab_is_shown(net, snapshot):
     assert isinstance(app.views["inversion"], InversionView)
     app.wait(60)
     assert {name: view.status for name, view in app.views.items()} == dict.fromkeys(TABS, "done")
-    assert app.pcace.layers == ["conv2"] and app.inversion.result.losses["stage1"].shape == (1, 2)
+    assert list(app.pcace.layers) == ["conv2"] and app.inversion.result.losses["stage1"].shape == (1, 2)
     assert app.explorer.scores.n_samples == 6
     snap.assert_unchanged()
     app.close()
@@ -75,7 +74,6 @@ def test_properties_build_views_that_were_not_shown(net):
 def test_a_views_run_waits_for_another_run_on_the_model_and_can_be_cancelled_meanwhile(net):
     app = make_app(net, explorer={"n_samples": 6, "autorun": False}, pcace={"layers": ["conv2"], "autorun": False})
     explorer, pcace = app.explorer, app.pcace
-    lock = model_lock(net)
     with hold_model(net):  # as another view's run does
         explorer.run()
         pcace.run()
@@ -85,12 +83,12 @@ def test_a_views_run_waits_for_another_run_on_the_model_and_can_be_cancelled_mea
                 if view.run_bar.status.value.startswith("waiting"):
                     break
                 deadline.wait(0.05)
-            assert view.run_bar.status.value.startswith("waiting: another view"), view.run_bar.status.value
+            assert view.run_bar.status.value.startswith("waiting: another"), view.run_bar.status.value
         pcace.cancel()
         pcace.wait(10)
         assert pcace.status == "cancelled" and explorer.status == "running"
     explorer.wait(60)  # it goes on once the model is free
-    assert explorer.status == "done" and not lock.locked()
+    assert explorer.status == "done" and not is_held(net)
     pcace.run()
     pcace.wait(60)
     assert pcace.status == "done"
@@ -127,7 +125,7 @@ def test_the_views_of_an_app_never_run_the_model_at_once(net):
     app.wait(60)
     assert all(view.status == "done" for view in app.views.values())
     assert state["passes"] > 30 and state["peak"] == 1
-    assert not model_lock(net).locked()
+    assert not is_held(net)
     app.close()
 
 
@@ -144,7 +142,7 @@ def test_views_made_on_their_own_in_separate_cells_also_take_turns_on_the_model(
         view.wait(60)
     assert all(view.status == "done" for view in views)
     assert state["passes"] > 30 and state["peak"] == 1
-    assert not model_lock(net).locked()
+    assert not is_held(net)
     for view in views:
         view.close()
 
@@ -155,7 +153,7 @@ def test_without_images_the_pcace_tab_says_what_it_needs(net):
     box = app.children[1].children[0]
     assert "nv-error" in box._dom_classes and "images=" in box.value
     with pytest.raises(nv.NeuronvizError, match="images="):
-        app.pcace
+        _ = app.pcace
     app.tab = "inversion"  # the other tabs still work
     assert isinstance(app.views["inversion"], InversionView)
     app.close()
@@ -166,7 +164,7 @@ def test_an_error_of_a_lazily_built_view_is_shown_in_its_tab(net):
     app.tab = "inversion"
     assert "lam" in app.children[2].children[0].value
     with pytest.raises(nv.NeuronvizError, match="lam"):
-        app.inversion
+        _ = app.inversion
     app.close()
 
 
@@ -202,6 +200,29 @@ def test_an_unknown_tab_is_refused(net):
     app.close()
 
 
+def test_a_new_tab_is_one_entry_of_the_registry(net, monkeypatch):
+    made = []
+
+    def make(app, **kwargs):
+        made.append(kwargs)
+        return InversionView(app.model, app.x, **kwargs)
+
+    monkeypatch.setitem(TABS, "again", Tab(InversionView, make))
+    app = make_app(net, again={"stage1_steps": 1, "stage2_steps": 1, "autorun": False}, target=3,
+                   explorer={"n_samples": 6, "autorun": False})
+    assert app.titles == ("Neurons", "PCACE", "Inversion", "Inversion") and "again" not in app.views
+    app.tab = "again"
+    assert isinstance(app.views["again"], InversionView) and app.view("again") is app.views["again"]
+    assert made == [{"stage1_steps": 1, "stage2_steps": 1, "autorun": False, "target": 3}]
+    assert app.children[3].children == (app.views["again"],)
+    app.close()
+
+
+def test_options_of_a_tab_that_does_not_exist_are_refused(net):
+    with pytest.raises(nv.NeuronvizError, match="saliency.*explorer"):
+        App(net, image(), image_set(), saliency={"n_samples": 6})
+
+
 def test_the_names_are_exported():
     for name in ("App", "app", "PCACEView", "InversionView"):
         assert name in nv.__all__ and getattr(nv, name) is not None
@@ -210,7 +231,9 @@ def test_the_names_are_exported():
 def test_app_on_the_default_model_opens_on_the_explorer():
     app = nv.app(explorer={"autorun": False})
     assert isinstance(app.model, nv.models.EfficientNetLite0)
-    assert app.explorer.layers == ["blocks.10", "blocks.15"]
-    assert "Egyptian cat" in app.explorer.controls.target.label
+    alone = NeuronExplorer(app.model, app.x, autorun=False)  # the app leaves the explorer's defaults as they are
+    assert list(app.explorer.layers) == list(alone.layers) and app.explorer.target == alone.target
+    assert nv.imagenet_categories()[app.explorer.target] == "Egyptian cat"
+    alone.close()
     assert list(app.views) == ["explorer"]
     app.close()
