@@ -3,11 +3,13 @@
 :class:`NeuronExplorer` (and :func:`demo`) link an image overlay, a correlation-precision
 scatter, the top-k selections and one neuron's detail. :class:`PCACEView` ranks the channels
 of a few layers by PCACE over a set of images; :class:`InversionView` shows the two masks of
-guided feature inversion. :class:`App` (and :func:`app`) holds the three as tabs. The building
-blocks of other views are :mod:`.jobs` (one background worker thread: run ids, cancel,
-progress) and :mod:`.panels` (reusable panels, and :class:`~.panels.BackgroundView`, the base
-of a view that computes in the background). Views are ordinary ipywidgets boxes, so an app is
-a tab of them::
+guided feature inversion. :class:`App` (and :func:`app`) holds the three as tabs, one entry of
+:data:`.app.TABS` each. Every view is a :class:`View` (:mod:`.view`): it declares its settings
+as a frozen dataclass of :func:`setting` fields with their rules (:class:`Int`, :class:`Float`,
+:class:`OneOf`, :class:`Layers`, :class:`Layer`, :class:`ClassIndex`, :class:`Device`; see
+:mod:`.settings`) and the base builds the controls, the validated properties, Run / Cancel,
+export and closing; :mod:`.panels` holds the reusable panels and :mod:`.jobs` the background
+worker thread. Views are ordinary ipywidgets boxes, so an app is a tab of them::
 
     views = [nv.demo(), other_view]
     app = ipywidgets.Tab(children=views, titles=[v.title for v in views])
@@ -17,19 +19,28 @@ from .app import App, app
 from .explorer import NeuronExplorer, default_layers, demo
 from .inversion_view import InversionView
 from .jobs import Job, JobCancelled, Worker
-from .legacy_panels import BackgroundView
 from .pcace_view import PCACEView
+from .settings import ClassIndex, Device, Float, Int, Layer, Layers, OneOf, setting
+from .view import View
 
 __all__ = [
     "App",
-    "BackgroundView",
+    "ClassIndex",
+    "Device",
+    "Float",
+    "Int",
     "InversionView",
     "Job",
     "JobCancelled",
+    "Layer",
+    "Layers",
     "NeuronExplorer",
+    "OneOf",
     "PCACEView",
+    "View",
     "Worker",
     "app",
     "default_layers",
     "demo",
+    "setting",
 ]

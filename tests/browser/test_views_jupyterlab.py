@@ -32,7 +32,7 @@ CELLS = [
     "import hashlib\n"
     "app.wait(600)\n"
     "v = app.inversion\n"
-    "plain = nv.widgets.panels.encode_png(v.image)\n"
+    "plain = nv.widgets.pictures.encode_png(v.image)\n"
     f"print({MARK!r}, json.dumps({{'status': v.status, 'error': v.error,\n"
     "    'mask': hashlib.sha256(v.stage2.picture.value).hexdigest(),\n"
     "    'stage1': hashlib.sha256(v.stage1.picture.value).hexdigest(),\n"
