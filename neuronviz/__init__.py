@@ -14,10 +14,13 @@ from .methods import saliency
 from .methods.baselines import BaselineScores, baseline_scores
 from .methods.inversion import InversionResult, default_inversion_delta, default_inversion_layers, guided_feature_inversion
 from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
+from .methods.knockout import KnockoutEffect, knockout, knockout_effect
+from .methods.faithfulness import FaithfulnessCurves, deletion_curve, mask_deletion_curve
 from .methods.resampling import NeuronScores, overlap, score_neurons
 from .models import default_model, digits_model
 from .render import render_scores
 from .render.inversion import render_inversion
+from .render.faithfulness import render_faithfulness
 from .render.pcace import render_layer_ranking, render_pcace
 from .widgets import App, InversionView, NeuronExplorer, PCACEView, app, demo
 
@@ -64,6 +67,13 @@ __all__ = [
     "sample_image_names",
     "score_neurons",
     "top_predictions",
+    "FaithfulnessCurves",
+    "KnockoutEffect",
+    "deletion_curve",
+    "knockout",
+    "knockout_effect",
+    "mask_deletion_curve",
+    "render_faithfulness",
     "App",
     "InversionView",
     "PCACEView",

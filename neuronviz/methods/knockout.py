@@ -78,13 +78,17 @@ def check_how(how: object) -> How:
     raise NeuronvizError(f"how must be 'zero', 'mean' or a finite number (a scale, 0 zeroes), got {how!r}")
 
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
 def _check_neuron(layer: str, v: object) -> Neuron:
     v = plain(v)
     if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype.is_floating_point:
         v = int(v.item())
     if isinstance(v, numbers.Integral) and not isinstance(v, bool):
         return int(v)
-    if isinstance(v, (tuple, list)) and v and all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in v):
+    if isinstance(v, (tuple, list)) and v and all(_is_int(i) for i in v):
         return tuple(int(i) for i in v)
     raise NeuronvizError(
         f"layer {layer!r}: a knocked-out neuron must be a channel index (int) or a unit (c, h, w) tuple, got {v!r}"
@@ -356,7 +360,8 @@ def _reference_means(
                 raise NeuronvizError(f"reference gives no mean for layer {name!r}; it names {sorted(reference)}")
             m = reference[name]
             if not isinstance(m, torch.Tensor) or not torch.is_floating_point(m) or not torch.isfinite(m).all():
-                raise NeuronvizError(f"reference[{name!r}] must be a finite float tensor shaped like the layer's output")
+                raise NeuronvizError(
+                    f"reference[{name!r}] must be a finite float tensor shaped like the layer's output")
             means[name] = m.detach().to(device, torch.float32)
         return means, 0
     if reference is None:
@@ -374,7 +379,8 @@ def _reference_means(
     if is_batch_stream(reference):
         return layer_means(model, layers, reference, batch_size=batch_size, device=device)
     raise NeuronvizTypeError(
-        f"reference must be None, images (N, C, H, W), a loader or {{layer: mean tensor}}, got {type(reference).__name__}"
+        "reference must be None, images (N, C, H, W), a loader or {layer: mean tensor}, got "
+        + type(reference).__name__
     )
 
 
@@ -423,6 +429,7 @@ class Knockout:
 
     @property
     def n_forward(self) -> int:
+        """Forward passes of the model run inside the block so far."""
         return 0 if self._masker is None else self._masker.n_forward
 
 
@@ -498,7 +505,8 @@ def knockout(
         ints = [n for n in spec[name] if isinstance(n, int)] + [n[0] for n in spec[name] if isinstance(n, tuple)]
         if c is not None and any(not 0 <= n < c for n in ints):
             bad = next(n for n in ints if not 0 <= n < c)
-            raise NeuronvizError(f"channel {bad} is out of range for layer {name!r}, which has {c} channels (0..{c - 1})")
+            raise NeuronvizError(
+                f"channel {bad} is out of range for layer {name!r}, which has {c} channels (0..{c - 1})")
     with hold_model(net):
         means: dict[str, torch.Tensor] = {}
         if how == "mean" and spec:
@@ -745,7 +753,8 @@ def _set_name(s: Mapping[str, Sequence[Neuron]]) -> str:
 def run_sets(
     model: nn.Module,
     x: torch.Tensor,
-    sets: Sequence[Mapping[str, Sequence[Neuron]]],
+    layers: Sequence[str],
+    make_masks: Callable[[dict[str, tuple[int, ...]]], dict[str, torch.Tensor]],
     *,
     target: TargetSpec,
     output: str,
@@ -762,14 +771,17 @@ def run_sets(
 ) -> dict:
     """Evaluate knock-out sets; the engine of :func:`knockout_effect` and the faithfulness curves.
 
+    ``make_masks(shapes)`` gets each layer's output shape (from the clean pass) and returns,
+    per layer, the (K, C) or (K, C, ...) bool masks of the K sets (:func:`stack_masks`).
     Returns a dict: ``values`` (K, N) float64, ``original`` (N,), ``target`` (Target),
-    ``shapes``, ``on``, ``n_forward``. The caller holds the model's lock.
+    ``shapes``, ``on``, ``n_forward``, ``how``. The caller holds the model's lock.
     """
     how = check_how(how)
     if on not in ON:
         raise NeuronvizError(f"on must be one of {ON} (or pass samples=), got {on!r}")
-    layers = list(dict.fromkeys(name for s in sets for name in s))
-    resolve_layers(model, layers) if layers else None
+    layers = list(dict.fromkeys(layers))
+    if layers:
+        resolve_layers(model, layers)
     dev = resolve_device(model, device)
     x = check_image(x, model)
     size = _check_batch_size(batch_size, dev)
@@ -794,27 +806,29 @@ def run_sets(
         masker = _Masker(how, means)
         for name, shape in shapes.items():
             masker.shapes[name] = shape
-        empty: dict[str, list[Neuron]] = {}
-        todo = list(sets) if where == "image" else [empty] + list(sets)  # the clean row, on many images
-        masks = stack_masks(todo, shapes)
+        masks = make_masks(shapes)
+        n_sets = next(iter(masks.values())).shape[0] if masks else 1
+        if where != "image":  # the clean row first: o without knock-out on the same images
+            masks = {name: torch.cat([torch.zeros_like(m[:1]), m]) for name, m in masks.items()}
+        n_rows = n_sets + (where != "image")
         with masker.on(model, layers):
             if where == "image":
-                values = evaluate_sets(model, masker, tgt, x, masks, len(todo), size, progress)
+                values = evaluate_sets(model, masker, tgt, x, masks, n_rows, size, progress)
                 original = torch.tensor([clean], dtype=torch.float64)
             elif where == "copies":
                 copies = torch.cat([pert.sample(x, range(lo, min(lo + size, n_samples)), seed=seed)
                                     for lo in range(0, n_samples, size)])
-                values = evaluate_sets(model, masker, tgt, copies, masks, len(todo), size, progress)
+                values = evaluate_sets(model, masker, tgt, copies, masks, n_rows, size, progress)
                 original, values = values[0], values[1:]
             elif not stream:
-                values = evaluate_sets(model, masker, tgt, samples.to(dev), masks, len(todo), size, progress)
+                values = evaluate_sets(model, masker, tgt, samples.to(dev), masks, n_rows, size, progress)
                 original, values = values[0], values[1:]
             else:
                 parts = []
                 for raw in iter_batches(samples, size, what="samples"):
                     batch = check_batch(raw, model, what="samples", min_n=0)
                     if batch.shape[0]:
-                        parts.append(evaluate_sets(model, masker, tgt, batch.to(dev), masks, len(todo), size))
+                        parts.append(evaluate_sets(model, masker, tgt, batch.to(dev), masks, n_rows, size))
                 if not parts:
                     raise NeuronvizError("samples yielded no image; pass a loader with at least one image")
                 values = torch.cat(parts, dim=1)
@@ -903,7 +917,9 @@ def knockout_effect(
         unit out of range; a layer that runs twice in one pass; a bad target or ``how``.
     """
     spec, names = _as_sets(model, sets)
-    res = run_sets(model, x, spec, target=target, output=output, how=how, reference=reference, on=on,
+    layers = list(dict.fromkeys(name for s in spec for name in s))
+    res = run_sets(model, x, layers, lambda shapes: stack_masks(spec, shapes), target=target, output=output, how=how,
+                   reference=reference, on=on,
                    n_samples=n_samples, perturbation=perturbation, samples=samples, seed=seed,
                    batch_size=batch_size, device=device, progress=progress)
     values, original = res["values"].numpy(), res["original"].numpy()

@@ -403,12 +403,17 @@ def test_non_finite_loss_is_reported():
 # layer defaults
 
 
-def test_unknown_architecture_without_layers_lists_candidates():
+def test_an_unknown_cnn_gets_its_last_post_activation_map_by_default():
+    result = guided_feature_inversion(tiny_cnn(), torch.randn(1, 3, 12, 12), stage1_steps=1, stage2_steps=1)
+    assert (result.mask_layer, result.feature_layer) == ("relu2", "relu2")  # dropout after it is skipped
+
+
+def test_a_network_without_a_spatial_map_asks_for_the_layers():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 12 * 12, 5))
     with pytest.raises(NeuronvizError) as err:
-        guided_feature_inversion(tiny_cnn(), torch.randn(1, 3, 12, 12))
+        guided_feature_inversion(net, torch.randn(1, 3, 12, 12))
     message = str(err.value)
     assert "mask_layer=" in message and "feature_layer=" in message
-    assert "relu2" in message and "conv1" in message and "(4, 6, 6)" in message
 
 
 def test_unknown_architecture_with_one_layer_uses_it_for_both(net):

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from tiny_nets import tiny_cnn
 from torch import nn
 
 import neuronviz as nv
 from neuronviz.methods.knockout import knockout, knockout_effect
-from tiny_nets import tiny_cnn
 
 W_DRIVE, W_CONST, CONST = 1.5, -0.8, 0.5
 

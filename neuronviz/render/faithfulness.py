@@ -1,0 +1,117 @@
+"""Faithfulness figures: deletion or insertion curves of rankings against random ones, drawn from the result alone.
+
+Importing this module registers :func:`render_faithfulness` as the renderer of
+:meth:`neuronviz.methods.faithfulness.FaithfulnessCurves.plot` (methods never import render).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..core.errors import NeuronvizError
+from ..methods.faithfulness import FaithfulnessCurves, register_plotter
+from .figure import FONT_SIZES, StaticFigure, check_path, class_label, save
+
+__all__ = ["render_faithfulness", "RANKING_COLOURS", "RANDOM_COLOUR"]
+
+#: Colours of the rankings, the same in every figure; others take the tab10 cycle.
+RANKING_COLOURS = {
+    "correlation": "#1f77b4", "precision": "#ff7f0e", "pcace": "#2ca02c", "mask": "#d62728",
+    "weight_sum": "#9467bd", "weight_variance": "#8c564b", "activation_sum": "#e377c2",
+    "activation_variance": "#bcbd22",
+}
+RANDOM_COLOUR = "#7f7f7f"
+_CYCLE = ["#17becf", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
+
+
+def _colour(name: str, i: int) -> str:
+    return RANKING_COLOURS.get(name, _CYCLE[i % len(_CYCLE)])
+
+
+def render_faithfulness(
+    curves: FaithfulnessCurves,
+    *,
+    relative: bool = True,
+    columns: int = 3,
+    title: str | None = None,
+    n_classes: int | None = None,
+    path: str | Path | None = None,
+    dpi: int = 150,
+) -> Figure:
+    """Draw each group's curves (one panel per layer, "all layers" or "pixels"), random as a mean and a band.
+
+    Parameters
+    ----------
+    curves : FaithfulnessCurves
+        From :func:`neuronviz.deletion_curve` or :func:`neuronviz.mask_deletion_curve`.
+    relative : bool
+        Draw ``o / o(x)`` (the scale the AUCs are on) rather than the raw output.
+    columns : int
+        Panels per row at most.
+    title : str, optional
+        The figure's title (default: mode, target and output).
+    n_classes : int, optional
+        The model's number of classes, to name ImageNet classes in the title.
+    path : str or pathlib.Path, optional
+        Also save the figure there (``.png``, ``.svg`` or ``.pdf``).
+    dpi : int
+        Resolution.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    NeuronvizError
+        No curves, bad ``columns``, an unsupported suffix.
+    """
+    path = check_path(path)
+    if not isinstance(curves, FaithfulnessCurves) or not curves.curves:
+        raise NeuronvizError("render_faithfulness needs the FaithfulnessCurves of nv.deletion_curve with curves")
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise NeuronvizError(f"columns must be a positive integer, got {columns!r}")
+    groups = curves.groups
+    ncol = min(columns, len(groups))
+    nrow = math.ceil(len(groups) / ncol)
+    fig = StaticFigure(figsize=(4.2 * ncol, 3.3 * nrow + 0.5), dpi=dpi, layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrow, ncol, squeeze=False)).reshape(-1)
+    scale = curves.original if relative and curves.original else 1.0
+    unit = "pixels" if curves.unit == "pixels" else "neurons"
+    verb = {"deletion": "removed" if unit == "pixels" else "knocked out",
+            "insertion": "inserted" if unit == "pixels" else "kept"}[curves.mode]
+    for ax, group in zip(axes, groups):
+        shown = [c for c in curves.curves if c.group == group]
+        for i, c in enumerate(shown):
+            if c.is_random:
+                lo, hi = c.band()
+                a_lo, a_hi = c.auc_band()
+                ax.fill_between(c.fraction, lo / scale, hi / scale, color=RANDOM_COLOUR, alpha=0.25, lw=0)
+                ax.plot(c.fraction, c.values / scale, color=RANDOM_COLOUR, ls="--", lw=1.5,
+                        label=f"random x{len(c.aucs)} (AUC {c.auc:.2f}, {a_lo:.2f}-{a_hi:.2f})")
+            else:
+                ax.plot(c.fraction, c.values / scale, color=_colour(c.ranking, i), marker="o", ms=3, lw=1.8,
+                        label=f"{c.ranking} (AUC {c.auc:.2f})")
+        total = shown[0].total
+        what = f"{total} steps" if unit == "pixels" else f"k / {total}"
+        ax.set_xlabel(f"share of {unit} {verb} ({what})", fontsize=FONT_SIZES["label"])
+        ax.set_ylabel("output / o(x)" if relative and curves.original else "output", fontsize=FONT_SIZES["label"])
+        ax.set_title(group, fontsize=FONT_SIZES["head"])
+        ax.tick_params(labelsize=FONT_SIZES["cell"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=FONT_SIZES["cell"] - 1, loc="best", frameon=False)
+    for ax in axes[len(groups):]:
+        ax.set_visible(False)
+    head = title or (f"{curves.mode} curves of {class_label(curves.target, n_classes)} ({curves.output}, "
+                     f"{'knock-out: ' + str(curves.how) if unit == 'neurons' else 'background: ' + str(curves.how)}, "
+                     f"on {curves.on})")
+    fig.suptitle(head, fontsize=FONT_SIZES["title"])
+    save(fig, path, dpi)
+    return fig
+
+
+register_plotter(render_faithfulness)
