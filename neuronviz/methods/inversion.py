@@ -652,7 +652,8 @@ def guided_feature_inversion(
         x = x.expand(len(targets), *x.shape[1:])
 
     if mask_layer is None or feature_layer is None:
-        defaults = default_inversion_layers(model, x)
+        # a probe for an unknown architecture only when neither layer is given
+        defaults = default_inversion_layers(model, x if mask_layer is None and feature_layer is None else None)
         if defaults is None:
             if mask_layer is None and feature_layer is None:
                 raise _unknown_architecture(model, x)

@@ -42,7 +42,7 @@ _THUMB_SIZE = 112
 _N_STRIP = 5
 _STATIC_DPI = 60  # the picture beside the widget in the display data
 _CPU_BATCH = 16  # several progress steps (and cancel points) per run on a CPU
-_DEMO_LAYERS = ("blocks.10", "blocks.15")
+_DEMO_LAYERS = ("blocks.10.expand.act", "blocks.15.depthwise.act")  # core.layer_choice.EFFICIENTNET_LITE0_LAYERS
 
 Neuron = tuple[str, int]
 

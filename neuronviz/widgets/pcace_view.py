@@ -44,7 +44,7 @@ _STRIP_THUMB, _GRID_THUMB = 150, 76
 _CPU_BATCH = 16  # several progress steps (and cancel points) per run on a CPU
 _STATIC_DPI = 60
 _FEW_IMAGES = 40  # below this ACE's smoothers are noisy (see neuronviz.methods.pcace)
-_DEMO_LAYERS = ("blocks.6", "blocks.10", "blocks.13", "blocks.15")
+_DEMO_LAYERS = ("blocks.6.expand.act", "blocks.10.expand.act", "blocks.12.expand.act", "blocks.15.depthwise.act")
 
 Neuron = tuple[str, int]
 
