@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
-from ..core.capture import ActivationCapture, resolve_layers
+from ..core.capture import ActivationCapture, hooks, resolve_layers
 from ..core.errors import NeuronvizError
 from ..core.model_state import model_device, preserved_state
 from ..core.validation import check_image, forward_checked
@@ -110,27 +110,12 @@ def _record(
     """One clean forward pass: the layers' activations on ``x``, and (``order=True``) the names of
     the modules in the order they finished."""
     finished: list[str] = []
-    handles = []
-
-    def make_hook(name: str):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            finished.append(name)
-
-        return hook
-
+    note = {name: (lambda m, a, o, name=name: finished.append(name)) for name, _ in model.named_modules() if name}
     with preserved_state(model), torch.no_grad():
         model.eval()
-        try:
-            if order:
-                for name, module in model.named_modules():
-                    if name:
-                        handles.append(module.register_forward_hook(make_hook(name)))
-            with ActivationCapture(model, layers) as rec:
-                forward_checked(model, x.to(model_device(model)))
-                acts = rec.outputs()
-        finally:
-            for h in handles:
-                h.remove()
+        with hooks(model, note if order else {}), ActivationCapture(model, layers) as rec:
+            forward_checked(model, x.to(model_device(model)))
+            acts = rec.outputs()
     return {name: acts[name][0] for name in layers}, finished
 
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.capture import ActivationCapture, layer_summary, resolve_layers
-from ..core.errors import CaptureError, NeuronvizError
+from ..core.errors import NeuronvizError
 from ..core.model_state import model_device, on_device, preserved_state, resolve_device
 from ..core.perturb import gaussian_blur
 from ..core.targets import check_class_output, resolve_target
@@ -480,45 +480,6 @@ def blend(x: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> tupl
 
 
 # ---------------------------------------------------------------------------------------------
-# recording a layer with its gradient
-
-
-class _Recorder:
-    """Forward hook that keeps a layer's output attached to the graph; always removed on exit."""
-
-    def __init__(self, module: nn.Module, name: str) -> None:
-        self.module, self.name = module, name
-        self.output: torch.Tensor | None = None
-        self._handle = None
-
-    def _hook(self, module: nn.Module, args: tuple, output: object) -> None:
-        if not isinstance(output, torch.Tensor):
-            raise CaptureError(f"layer {self.name!r} returned {type(output).__name__}, not a tensor")
-        if self.output is not None:
-            raise CaptureError(f"layer {self.name!r} ran more than once in one forward pass; choose another")
-        # a copy: an in-place operation later in the network must not change the recording
-        self.output = output.clone()
-
-    def __enter__(self) -> "_Recorder":
-        self._handle = self.module.register_forward_hook(self._hook)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
-        self.output = None
-
-    def run(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        self.output = None
-        forward_checked(model, x)
-        if self.output is None:
-            raise CaptureError(f"layer {self.name!r} did not run during the forward pass")
-        out, self.output = self.output, None
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
 # the method
 
 
@@ -660,7 +621,7 @@ def guided_feature_inversion(
             defaults = (feature_layer, mask_layer)  # the one given serves as both
         mask_layer = mask_layer if mask_layer is not None else defaults[0]
         feature_layer = feature_layer if feature_layer is not None else defaults[1]
-    modules = resolve_layers(model, [mask_layer, feature_layer])
+    resolve_layers(model, [mask_layer, feature_layer])  # unknown names fail before any forward pass
     dev = resolve_device(model, device)
 
     with preserved_state(model), on_device(model, dev), torch.inference_mode(False):
@@ -671,7 +632,8 @@ def guided_feature_inversion(
         b, _, height, width = x.shape
 
         # the original images, once: mask-layer features, l0 reference, prediction
-        with torch.no_grad(), ActivationCapture(model, [mask_layer, feature_layer]) as rec:
+        # channels first whatever the layer's layout (a Swin stage, ViT tokens on their grid)
+        with torch.no_grad(), ActivationCapture(model, [mask_layer, feature_layer], layout="auto") as rec:
             clean = check_class_output(forward_checked(model, x))
             feats = rec[mask_layer]
             ref = rec[feature_layer]
@@ -697,10 +659,12 @@ def guided_feature_inversion(
             # stage 1: guided feature inversion
             if steps1:
                 opt = torch.optim.Adam([w], lr=lr)
-                with _Recorder(modules[feature_layer], feature_layer) as record:
+                # the l0 recording stays attached to the graph: stage 1's gradient flows through it
+                with ActivationCapture(model, feature_layer, keep_graph=True, layout="auto") as record:
                     for k in range(steps1):
                         keep, _ = blend(x, make_mask(w, feats, (height, width)), p)
-                        f = record.run(model, keep)
+                        record.forward(keep)
+                        f = record[feature_layer]
                         inv = (f - ref).double().pow(2).flatten(1).sum(1)
                         if loss == "relative":
                             inv = inv / ref_norm2.clamp_min(torch.finfo(torch.float64).tiny)

@@ -297,7 +297,9 @@ def _gather(
     held = 0
     tgt = None
     size = batch_size or default_batch_size(dev)
-    with preserved_state(model), on_device(model, dev), torch.no_grad(), ActivationCapture(model, layers) as rec:
+    with preserved_state(model), on_device(model, dev), torch.no_grad(), ActivationCapture(
+        model, layers, layout="auto"
+    ) as rec:
         model.eval()
         for batch in iter_batches(images, size):
             batch = check_batch(batch, model, what="images").to(dev)
@@ -399,53 +401,6 @@ def _finish(
 # -- streaming: passes over the data that never hold all activations -----------------------------
 
 
-class _CutShort(Exception):
-    """Raised by a hook to end a forward pass once every recorded layer has run."""
-
-
-class _Truncation:
-    """Hooks that end the forward pass after the last of ``modules`` has run, while ``active``.
-
-    A pass that needs only the layers' activations skips the rest of the network. The hooks
-    are registered after the recording hooks, so the recording is taken first.
-    """
-
-    def __init__(self, model: nn.Module, modules: dict[str, nn.Module]) -> None:
-        self.model, self.modules = model, modules
-        self.active = False
-        self._seen: set[str] = set()
-        self._handles: list = []
-
-    def __enter__(self) -> "_Truncation":
-        try:
-            self._handles.append(self.model.register_forward_pre_hook(lambda m, a: self._seen.clear()))
-            for name, module in self.modules.items():
-                self._handles.append(module.register_forward_hook(self._hook(name)))
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def _hook(self, name: str):
-        def hook(module: nn.Module, args: tuple, output: object) -> None:
-            self._seen.add(name)
-            if self.active and len(self._seen) == len(self.modules):
-                raise _CutShort
-
-        return hook
-
-    def __exit__(self, *exc: object) -> None:
-        while self._handles:
-            self._handles.pop().remove()
-
-    def forward(self, batch: torch.Tensor) -> object:
-        """``model(batch)``, or None when the pass was cut after the recorded layers."""
-        try:
-            return forward_checked(self.model, batch)
-        except _CutShort:
-            return None
-
-
 class _TooBig(NeuronvizError):
     """The position covariances do not fit; holding the activations may still work."""
 
@@ -518,11 +473,11 @@ def _stream_scores(
     a block of channels.
     """
     size = batch_size or default_batch_size(dev)
-    modules = resolve_layers(model, names)
     report = _reporter(progress, images, 2)
     with preserved_state(model), on_device(model, dev), torch.no_grad():
         model.eval()
-        with ActivationCapture(model, names) as rec, _Truncation(model, modules) as cut:
+        # the recording ends each pass after the last layer, except where the output is needed
+        with ActivationCapture(model, names, layout="auto") as rec:
             covs: dict[str, PositionCovariance] = {}
             tgt = None
             n_first = 0
@@ -531,8 +486,8 @@ def _stream_scores(
                     batch = check_batch(raw, model, what="images", min_n=0)
                     if batch.shape[0] == 0:
                         continue
-                    cut.active = tgt is not None  # the first batch runs whole, so the target is checked early
-                    out = cut.forward(batch.to(dev))
+                    rec.stop_after_last = tgt is not None  # the first batch runs whole: the target is checked early
+                    out = rec.forward(batch.to(dev))
                     acts = rec.outputs()
                     if tgt is None:
                         tgt = resolve_target(target, "logit", predict=lambda: out[:1])
@@ -560,7 +515,7 @@ def _stream_scores(
                 components[name] = tuple(ranks.broadcast(t) for t in (cov.mean, directions, explained))
                 del cov  # the C x P x P matrices are not needed any more
 
-            cut.active = False
+            rec.stop_after_last = False
             f64 = dict(dtype=torch.float64, device=dev)
             projections = {name: RowBuffer((shapes[name][0], n_components), **f64) for name in names}
             values = RowBuffer((), **f64)
@@ -569,7 +524,7 @@ def _stream_scores(
                     batch = check_batch(raw, model, what="images", min_n=0)
                     if batch.shape[0] == 0:
                         continue
-                    out = cut.forward(batch.to(dev))
+                    out = rec.forward(batch.to(dev))
                     acts = rec.outputs()
                     if tgt is None:  # a loader that was empty on the first pass
                         tgt = resolve_target(target, "logit", predict=lambda: out[:1])

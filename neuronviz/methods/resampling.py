@@ -17,6 +17,7 @@ from torch import nn
 
 from ..core.batching import default_batch_size, run_batched
 from ..core.capture import ActivationCapture, resolve_layers
+from ..core.layouts import LayoutSpec
 from ..core.distributed import Ranks, all_reduce_comoments, shard, use_distributed
 from ..core.errors import NeuronvizError
 from ..core.model_state import on_device, preserved_state, resolve_device
@@ -84,6 +85,9 @@ class NeuronScores:
         With ``keep_channel_means=True``: per layer, (N, C) float32 activation of every
         channel on every sample, averaged over positions (what the widgets plot against
         ``outputs``); None otherwise.
+    layouts : dict of str to str
+        Per layer, where its output keeps the channels ("channels_first", "channels_last" or
+        "tokens", see ``layout``); scores, shapes and maps are channels first in every case.
     """
 
     correlation: dict[str, torch.Tensor]
@@ -102,6 +106,7 @@ class NeuronScores:
     channel_means: dict[str, torch.Tensor] | None = None
     excluded: dict[str, torch.Tensor] = field(default_factory=dict)
     exclusion_rule: dict[str, str] = field(default_factory=dict)
+    layouts: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -285,6 +290,7 @@ def score_neurons(
     progress: Callable[[int, int], None] | None = None,
     keep_channel_means: bool = False,
     distributed: bool | None = None,
+    layout: LayoutSpec = "auto",
 ) -> NeuronScores:
     """Score every neuron of ``layers`` by correlation with the output and by precision.
 
@@ -366,6 +372,13 @@ def score_neurons(
         None: reduce across ranks when a process group of several ranks is initialised
         (every rank must then make the same call: one rank calling alone would wait for the
         others); False: score this process's samples alone; True: require a process group.
+    layout : str or mapping, default "auto"
+        Where each layer keeps its channels: "channels_first" (N, C, H, W) or (N, F);
+        "channels_last" (N, H, W, C), e.g. Swin stages; "tokens" (N, L, D), e.g. ViT encoder
+        layers, scored as (D, h, w) on their patch grid with a leading class token left out;
+        "auto" detects it from the output's shape and the module's type
+        (:mod:`neuronviz.core.layouts`). One name for every layer, or ``{layer: name}``.
+        Scores, shapes and maps are channels first whatever the layout.
 
     Returns
     -------
@@ -425,7 +438,7 @@ def score_neurons(
                 state["t"] = resolve_target(target, output, predict=predict)
             return state["t"]
 
-        with ActivationCapture(model, names) as rec:
+        with ActivationCapture(model, names, layout=layout) as rec:
 
             def score(batch: torch.Tensor, is_first_copy: bool = False) -> None:
                 out = forward_checked(model, batch)
@@ -511,6 +524,7 @@ def score_neurons(
         channel_means=kept if keep_channel_means else None,
         excluded=excluded,
         exclusion_rule=rules,
+        layouts={name: str(rec.layouts.get(name, "channels_first")) for name in names},
     )
 
 

@@ -162,3 +162,71 @@ def test_layer_summary_leaves_out_modules_that_run_twice():
             return self.last(self.shared(self.shared(x)))
 
     assert nv.layer_summary(Twice(), torch.randn(1, 3, 4, 4)).names() == ["last"]
+
+
+def test_hooks_run_in_finishing_order_and_are_removed_on_keyboard_interrupt(cnn):
+    from neuronviz.core.capture import hooks
+
+    order, starts = [], []
+    fns = {name: (lambda m, a, o, name=name: order.append(name)) for name in ["fc", "conv1", "relu2"]}
+    with hooks(cnn, fns, before_forward=lambda m, a: starts.append(a[0].shape)):
+        cnn(torch.randn(1, 3, 8, 8))
+    assert order == ["conv1", "relu2", "fc"] and starts == [(1, 3, 8, 8)]
+    with pytest.raises(KeyboardInterrupt):
+        with hooks(cnn, {"conv1": lambda m, a, o: None}):
+            raise KeyboardInterrupt
+    assert _no_hooks(cnn)
+
+
+def test_hooks_with_an_unknown_name_register_nothing(cnn):
+    from neuronviz.core.capture import hooks
+
+    with pytest.raises(LayerNotFoundError, match="conv1"):
+        with hooks(cnn, {"conv1": lambda m, a, o: None, "conv_1": lambda m, a, o: None}):
+            pass
+    assert _no_hooks(cnn)
+
+
+def test_keep_graph_lets_the_gradient_flow_through_the_recording(cnn):
+    cnn.eval()
+    x = torch.randn(1, 3, 8, 8, requires_grad=True)
+    with nv.capture(cnn, "conv1", keep_graph=True) as rec:
+        rec.forward(x)
+        rec["conv1"].sum().backward()
+    # d sum(conv1(x)) / dx is the correlation of ones with the kernels: compare with a direct graph
+    x2 = x.detach().clone().requires_grad_(True)
+    cnn.conv1(x2).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    with nv.capture(cnn, "conv1") as rec:
+        cnn(x)
+    assert not rec["conv1"].requires_grad
+    assert _no_hooks(cnn)
+
+
+def test_stop_after_last_skips_the_rest_of_the_network(cnn):
+    cnn.eval()
+    ran = []
+    cnn.fc.register_forward_hook(lambda m, a, o: ran.append("fc"))
+    x = torch.randn(2, 3, 8, 8)
+    with nv.capture(cnn, ["conv1", "relu2"], stop_after_last=True) as rec:
+        assert rec.forward(x) is None
+        assert rec["relu2"].shape == (2, 4, 4, 4) and ran == []
+        rec.stop_after_last = False
+        out = rec.forward(x)
+    assert out.shape == (2, 5) and ran == ["fc"]
+    cnn.fc._forward_hooks.clear()
+    assert _no_hooks(cnn)
+
+
+def test_layout_turns_channels_last_recordings_channels_first():
+    class ChannelsLast(nn.Module):
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1)
+
+    net = nn.Sequential(nn.Conv2d(3, 5, 1), ChannelsLast())
+    x = torch.randn(2, 3, 6, 6)
+    with nv.capture(net, ["0", "1"], layout="auto") as rec:
+        net(x)
+    assert rec["1"].shape == (2, 5, 6, 6) and rec["1"].is_contiguous()
+    assert torch.equal(rec["1"], rec["0"])
+    assert str(rec.layouts["1"]) == "channels_last" and str(rec.layouts["0"]) == "channels_first"
