@@ -19,9 +19,9 @@ Choices where the paper leaves room:
 * Stage 2 starts a fresh Adam from the stage-1 weights, with the learning rate halved every 10
   stage-2 steps; the authors' code runs one Adam over 80 steps, halving from the start.
 * ``loss="paper"`` is the raw squared error of stage 1; ``loss="relative"`` divides it by
-  ``||f^{l0}(x)||^2`` as the authors' code does. The authors' L2 penalties (5 and 2 times
-  ``sum w^2``) are not used: the penalties are the paper's ``gamma ||w||_1`` and
-  ``delta ||w||_1``.
+  ``||f^{l0}(x)||^2`` as the authors' code does. By default the penalties are the paper's
+  ``gamma ||w||_1`` and ``delta ||w||_1``; ``recipe="authors"`` runs the authors' loop
+  instead (their L2 penalties and all, see :func:`guided_feature_inversion`).
 * The default background is the image blurred with sigma ``11 * W / 224`` px.
 * ``delta`` defaults to the paper's 1 except for the default model, EfficientNet-Lite0, where
   it is 0.01 (:func:`default_inversion_delta`, with the measurements behind it).
@@ -46,6 +46,7 @@ from ..core.model_state import model_device, on_device, preserved_state, resolve
 from ..core.perturb import gaussian_blur
 from ..core.targets import check_class_output, resolve_target
 from ..core.validation import check_batch, forward_checked
+from .inversion_authors import AUTHORS, AUTHORS_BLUR_SIGMA_AT_224, authors_mask, check_recipe, recipe_defaults, run_authors_loop
 
 __all__ = [
     "InversionResult",
@@ -109,7 +110,9 @@ class InversionResult:
     loss : str
         ``"paper"`` or ``"relative"``.
     delta : float
-        The stage-2 L1 weight that was used (the default's value when ``delta=None``).
+        The stage-2 penalty weight that was used (the default's value when ``delta=None``).
+    recipe : str
+        ``"paper"`` or ``"authors"`` (see :func:`guided_feature_inversion`).
     """
 
     mask: torch.Tensor
@@ -124,6 +127,7 @@ class InversionResult:
     background: str = "blur"
     loss: str = "paper"
     delta: float = PAPER_DELTA
+    recipe: str = "paper"
 
     def __repr__(self) -> str:
         b, h, w = self.mask.shape
@@ -490,14 +494,15 @@ def guided_feature_inversion(
     target: TargetsSpec = None,
     mask_layer: str | None = None,
     feature_layer: str | None = None,
-    stage1_steps: int = 10,
-    stage2_steps: int = 70,
+    stage1_steps: int | None = None,
+    stage2_steps: int | None = None,
     lr: float = 0.01,
-    gamma: float = 10.0,
+    gamma: float | None = None,
     lam: float = 1.0,
     delta: float | None = None,
     background: Background = "blur",
-    loss: str = "paper",
+    loss: str | None = None,
+    recipe: str = "paper",
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -544,12 +549,14 @@ def guided_feature_inversion(
         unknown architecture, the other is the same layer (the paper's AlexNet setting).
     feature_layer : str, optional
         ``l0``, whose representation stage 1 inverts (any shape).
-    stage1_steps, stage2_steps : int
-        Adam steps of each stage (10 and 70 in the paper); 0 skips a stage.
+    stage1_steps, stage2_steps : int, optional
+        Adam steps of each stage (10 and 70 in the paper, 11 and 69 with ``recipe="authors"``);
+        0 skips a stage.
     lr : float
         Learning rate (stage 2 starts at it and halves every 10 steps).
-    gamma : float
-        Weight of ``||w||_1`` in stage 1.
+    gamma : float, optional
+        Weight of ``||w||_1`` in stage 1 (10, the paper's); with ``recipe="authors"`` of
+        ``sum w^2`` (5).
     lam : float
         Weight of the complement's probability in stage 2.
     delta : float, optional
@@ -558,10 +565,46 @@ def guided_feature_inversion(
         game).
     background : {"blur", "mean", "noise"} or torch.Tensor
         What replaces removed pixels; see :func:`make_background`.
-    loss : {"paper", "relative"}
+    loss : {"paper", "relative"}, optional
         ``"relative"`` divides the stage-1 inversion term of each image by ``||f^{l0}(x)||^2``,
         as the authors' code does; the raw squared error is often orders of magnitude larger
-        than ``gamma ||w||_1``.
+        than ``gamma ||w||_1``. Default ``"paper"``; ``recipe="authors"`` is always relative.
+    recipe : {"paper", "authors"}
+        ``"paper"``: the method as the paper describes it. ``"authors"``: the loop of the
+        authors' public code (``mndu/guided-feature-inversion``), which differs as follows
+        (``delta`` there defaults to 2, the weight of ``sum w^2`` in stage 2; ``lr`` and
+        ``lam`` are the same):
+
+        ========================  ==============================  ==================================
+        what                      ``recipe="paper"`` (default)    ``recipe="authors"``
+        ========================  ==============================  ==================================
+        layers, when not given    ``l1`` conv5_4 + ReLU, ``l0``   ``l1 = l0 =`` the default ``l0``
+                                  pool5 on VGG (see               (pool5 on VGG, ``features.36``
+                                  :func:`default_inversion_       for VGG-19)
+                                  layers`)
+        penalties                 ``10 ||w||_1``, ``delta         ``5 sum w^2``, ``2 sum w^2``
+                                  ||w||_1`` (delta 1)
+        stage-1 loss              raw squared error (or           divided by ``||f^{l0}(x)||^2``
+                                  ``loss="relative"``)
+        steps                     10 + 70, a fresh Adam for       11 + 69 in one Adam
+                                  stage 2
+        learning rate             halved every 10 stage-2 steps   halved after every 10th step
+                                                                  from the start
+        weights                   clipped to ``>= 0``             clamped to [0, 1e5]
+        mask                      ``minmax`` at the layer's       upsampled first
+                                  resolution (1e-8 added to the   (``align_corners=True``), then
+                                  range), then upsampled          ``(m - min) / max``
+                                  (``align_corners=False``)
+        ``"blur"`` background     sigma ``11 W / 224`` on the     the photo blurred at full size
+                                  input                           (PIL radius 11): sigma
+                                                                  ``6.57 W / 224`` on the input
+                                                                  (11 px on a 375-px ImageNet
+                                                                  photo); exact:
+                                                                  ``background=authors_background(
+                                                                  photo)``
+        ========================  ==============================  ==================================
+
+        A callable ``target`` is not supported there.
     seed : int
         Seed of the ``"noise"`` background (nothing else is random).
     device : str or torch.device, optional
@@ -595,6 +638,11 @@ def guided_feature_inversion(
     >>> result.mask.shape  # doctest: +SKIP
     torch.Size([1, 224, 224])
     """
+    recipe = check_recipe(recipe)
+    given_layers = (mask_layer, feature_layer)
+    stage1_steps, stage2_steps, gamma, loss = recipe_defaults(recipe, stage1_steps, stage2_steps, gamma, loss)
+    if recipe == "authors" and delta is None:
+        delta = AUTHORS["delta"]
     steps1 = _check_steps(stage1_steps, "stage1_steps")
     steps2 = _check_steps(stage2_steps, "stage2_steps")
     lr = _check_number(lr, "lr", positive=True)
@@ -623,6 +671,10 @@ def guided_feature_inversion(
         feature_layer = feature_layer if feature_layer is not None else defaults[1]
     resolve_layers(model, [mask_layer, feature_layer])  # unknown names fail before any forward pass
     dev = resolve_device(model, device)
+    if recipe == "authors":
+        return _authors_recipe(model, x, target, targets, given_layers, mask_layer, feature_layer, dev,
+                               steps1=steps1, steps2=steps2, lr=lr, gamma=gamma, lam=lam, delta=delta,
+                               background=background, seed=seed, progress=progress)
 
     with preserved_state(model), on_device(model, dev), torch.inference_mode(False):
         model.eval()
@@ -720,6 +772,65 @@ def guided_feature_inversion(
         background="tensor" if isinstance(background, torch.Tensor) else background,
         loss=loss,
         delta=delta,
+    )
+
+
+def _authors_recipe(model: nn.Module, x: torch.Tensor, target: object, targets: list, given_layers: tuple,
+                    mask_layer: str, feature_layer: str, dev: torch.device, *, steps1: int, steps2: int,
+                    lr: float, gamma: float, lam: float, delta: float, background: Background, seed: int,
+                    progress: object) -> InversionResult:
+    """``recipe="authors"``: the authors' loop (:mod:`neuronviz.methods.inversion_authors`), model restored."""
+    if callable(target) and not isinstance(target, (torch.Tensor, np.ndarray)):
+        raise NeuronvizError("recipe='authors' explains a class's softmax probability: give a class index, not a callable")
+    if given_layers == (None, None):
+        mask_layer = feature_layer  # the authors' code: one layer (pool5 on VGG) for both
+    modules = resolve_layers(model, [mask_layer, feature_layer])
+    with preserved_state(model), on_device(model, dev), torch.inference_mode(False):
+        model.eval()
+        for param in model.parameters():
+            param.requires_grad_(False)
+        x = x.to(dev).clone()
+        _, _, height, width = x.shape
+        with torch.no_grad(), ActivationCapture(model, [mask_layer, feature_layer]) as rec:
+            clean = check_class_output(forward_checked(model, x))
+            feats = rec[mask_layer]
+            ref = rec[feature_layer]
+        if feats.dim() != 4:
+            raise NeuronvizError(
+                f"mask_layer {mask_layer!r} gives an output of shape {tuple(feats.shape)}; the mask needs a "
+                "spatial map (B, C, h, w): choose a convolutional layer"
+            )
+        classes = [
+            resolve_target(t, "probability", predict=lambda i=i: clean[i : i + 1]).class_index
+            for i, t in enumerate(targets)
+        ]
+        c_index = torch.tensor(classes, device=dev).unsqueeze(1)
+        probability = torch.softmax(clean.double(), dim=1).gather(1, c_index)[:, 0]
+        if isinstance(background, str) and background == "blur":
+            p = gaussian_blur(x, AUTHORS_BLUR_SIGMA_AT_224 * width / 224)
+        else:
+            p = make_background(x, background, seed)
+        with torch.enable_grad():
+            w1, w2, losses1, losses2 = run_authors_loop(
+                model, modules[feature_layer], x, feats, ref, p, c_index, stage1_steps=steps1, stage2_steps=steps2,
+                lr=lr, gamma=gamma, lam=lam, delta=delta, progress=progress if callable(progress) else None)
+        with torch.no_grad():
+            inversion_mask = authors_mask(w1, feats, (height, width))[:, 0]
+            mask = authors_mask(w2, feats, (height, width))[:, 0]
+    return InversionResult(
+        mask=mask.cpu(),
+        inversion_mask=inversion_mask.cpu(),
+        target=classes,
+        probability=probability.cpu(),
+        losses={"stage1": losses1.cpu(), "stage2": losses2.cpu()},
+        weights=w2.cpu().clone(),
+        inversion_weights=w1.cpu(),
+        mask_layer=mask_layer,
+        feature_layer=feature_layer,
+        background="tensor" if isinstance(background, torch.Tensor) else background,
+        loss="relative",
+        delta=delta,
+        recipe="authors",
     )
 
 
