@@ -109,7 +109,8 @@ def _run_demo(args: argparse.Namespace) -> int:
     device = resolve_device(model, args.device)
     model.to(device)
     x = x.to(device)
-    scores = score_neurons(model, x, args.layers, n_samples=args.n_samples, seed=args.seed)
+    # a bar on stderr when it is a terminal, nothing in a pipe or a log
+    scores = score_neurons(model, x, args.layers, n_samples=args.n_samples, seed=args.seed, progress=True)
     render_scores(scores, model, x, k=args.k, path=args.out)
 
     print(f"wrote {args.out}")

@@ -44,6 +44,7 @@ from ..core.capture import ActivationCapture, layer_summary, resolve_layers
 from ..core.errors import NeuronvizError
 from ..core.model_state import model_device, on_device, preserved_state, resolve_device
 from ..core.perturb import gaussian_blur
+from ..core.progress import BACKWARD_COST, ProgressArg, images_of, is_long, reports_progress
 from ..core.targets import check_class_output, resolve_target
 from ..core.validation import check_batch, forward_checked
 from .inversion_authors import AUTHORS, AUTHORS_BLUR_SIGMA_AT_224, authors_mask, check_recipe, recipe_defaults, run_authors_loop
@@ -487,6 +488,9 @@ def blend(x: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> tupl
 # the method
 
 
+@reports_progress(lambda a: is_long(images_of(a.arguments["x"]),
+                                    ((a.arguments["stage1_steps"] or 10) + (a.arguments["stage2_steps"] or 70)) * BACKWARD_COST),
+                  unit="step")
 def guided_feature_inversion(
     model: nn.Module,
     x: torch.Tensor,
@@ -505,7 +509,7 @@ def guided_feature_inversion(
     recipe: str = "paper",
     seed: int = 0,
     device: str | torch.device | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressArg = None,
 ) -> InversionResult:
     """Explain classes with guided feature inversion: a mask per image from channel weights.
 
@@ -610,8 +614,11 @@ def guided_feature_inversion(
     device : str or torch.device, optional
         Where to compute; None is the model's device. A model elsewhere is moved for the call
         and back.
-    progress : callable, optional
-        Called as ``progress(done, total)`` after every Adam step (``total = stage1_steps +
+    progress : bool, callable or None
+        ``True``: a progress bar (:mod:`neuronviz.core.progress`); ``False``: none; None (the
+        default): a bar when the images times the steps reach 200 forward passes, a forward
+        and backward pass counting 3 (so with the default 80 steps, always). A callable is
+        called as ``progress(done, total)`` after every Adam step (``total = stage1_steps +
         stage2_steps``). An exception it raises (a cancelled job, ``KeyboardInterrupt``) stops
         the call; the model is restored as after any other error.
 

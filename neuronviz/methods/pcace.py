@@ -25,6 +25,7 @@ from ..core.capture import ActivationCapture, resolve_layers
 from ..core.distributed import Ranks, all_reduce_covariance, shard, use_distributed
 from ..core.errors import NeuronvizError
 from ..core.model_state import on_device, preserved_state, resolve_device
+from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.stats import PositionCovariance
 from ..core.streams import RowBuffer, check_reiterable, count_hint, is_batch_stream, iter_batches
 from ..core.targets import TargetSpec, resolve_target
@@ -602,6 +603,7 @@ def _agree(
     return (None if cls < 0 else cls), agreed
 
 
+@reports_progress(lambda a: is_long(images_of(a.arguments["images"])), unit="image")
 def pcace(
     model: nn.Module,
     images: torch.Tensor | Iterable,
@@ -616,7 +618,7 @@ def pcace(
     offload: str | torch.device | None = None,
     streaming: bool | None = None,
     distributed: bool | None = None,
-    progress: Progress | None = None,
+    progress: ProgressArg = None,
 ) -> PCACEScores:
     """Rank the channels of ``layer`` by PCACE.
 
@@ -679,8 +681,10 @@ def pcace(
         None: reduce across ranks when a process group of several ranks is initialised
         (every rank must then make the same call: one rank calling alone would wait for the
         others); False: rank this process's images alone; True: require a process group.
-    progress : callable, optional
-        Called as ``progress(done, total)`` after each batch of every forward pass, counting
+    progress : bool, callable or None
+        ``True``: a progress bar (:mod:`neuronviz.core.progress`); ``False``: none; None (the
+        default): a bar when ``images`` holds at least 200 images or is a loader or iterable.
+        A callable is called as ``progress(done, total)`` after each batch of every forward pass, counting
         images: ``total`` is the number of images (twice that when streaming, which reads them
         twice; for an iterable of unknown length, ``done`` so far). Distributed, each rank
         reports its own counts. An exception it raises (a cancelled job, ``KeyboardInterrupt``)
@@ -706,11 +710,12 @@ def pcace(
     ranking = rank_layers(
         model, images, [layer], target, n_components=n_components, batch_size=batch_size, device=device,
         variant=variant, store_dtype=store_dtype, offload=offload, streaming=streaming, distributed=distributed,
-        progress=progress,
+        progress=progress or False,  # already a callback (or nothing): no second bar
     )
     return ranking[layer]
 
 
+@reports_progress(lambda a: is_long(images_of(a.arguments["images"])), unit="image")
 def rank_layers(
     model: nn.Module,
     images: torch.Tensor | Iterable,
@@ -726,7 +731,7 @@ def rank_layers(
     offload: str | torch.device | None = None,
     streaming: bool | None = None,
     distributed: bool | None = None,
-    progress: Progress | None = None,
+    progress: ProgressArg = None,
 ) -> LayerRanking:
     """PCACE for several layers from the same passes over the images, and which layers carry the class.
 
@@ -734,8 +739,9 @@ def rank_layers(
     ----------
     model, images, target, n_components, batch_size, device, variant, store_dtype, offload, streaming, distributed
         As in :func:`pcace`.
-    progress : callable, optional
-        ``progress(done, total)`` after each batch of the forward pass(es), as in :func:`pcace`
+    progress : bool, callable or None
+        A bar, none, a bar when long, or ``progress(done, total)`` after each batch of the
+        forward pass(es), as in :func:`pcace`
         (all layers come from the same passes, so the count is of images, not of layers).
     layers : sequence of str
         The layers to rank.

@@ -22,6 +22,7 @@ from ..core.distributed import Ranks, all_reduce_comoments, shard, use_distribut
 from ..core.errors import NeuronvizError
 from ..core.model_state import on_device, preserved_state, resolve_device
 from ..core.perturb import Perturbation, make as make_perturbation
+from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.stats import CoMoments
 from ..core.streams import RowBuffer, count_hint, is_batch_stream, iter_batches
 from ..core.targets import Target, TargetSpec, resolve_target
@@ -272,6 +273,8 @@ def _finalise(
             excluded.reshape(view).cpu(), rule)
 
 
+@reports_progress(lambda a: is_long(a.arguments["n_samples"] if a.arguments["samples"] is None
+                                    else images_of(a.arguments["samples"])), unit="image")
 def score_neurons(
     model: nn.Module,
     x: torch.Tensor,
@@ -287,7 +290,7 @@ def score_neurons(
     device: str | torch.device | None = None,
     per_unit: bool = False,
     dead_threshold: float = 0.1,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressArg = None,
     keep_channel_means: bool = False,
     distributed: bool | None = None,
     layout: LayoutSpec = "auto",
@@ -360,11 +363,13 @@ def score_neurons(
         layer that takes negative values, only dead neurons: constant over the copies, or never
         larger in magnitude than it. See :attr:`NeuronScores.excluded`; an excluded neuron that
         is also constant gets NaN precision.
-    progress : callable, optional
-        Called as ``progress(done, total)`` after each batch with this rank's counts (for a
-        DataLoader, ``total`` is the length of its sampler, or ``done`` when unknown); an
-        exception it raises (e.g. to cancel) stops the run and propagates, with the model
-        left as before.
+    progress : bool, callable or None
+        ``True``: a progress bar (:mod:`neuronviz.core.progress`); ``False``: none; None (the
+        default): a bar when at least 200 images go through the network or ``samples`` is a
+        loader. A callable is called as ``progress(done, total)`` after each batch with this
+        rank's counts (for a DataLoader, ``total`` is the length of its sampler, or ``done``
+        when unknown); an exception it raises (e.g. to cancel) stops the run and propagates,
+        with the model left as before.
     keep_channel_means : bool
         Also keep every channel's position-averaged activation on every sample
         (:attr:`NeuronScores.channel_means`, N x C floats per layer).
