@@ -93,6 +93,44 @@ class AceResult:
     y_transform: torch.Tensor
     iterations: int | torch.Tensor
 
+    def as_rows(self) -> list[dict]:
+        """One dict per observation: ``observation``, ``x_transform`` (``x_transform_j`` for
+        predictor j with several), ``y_transform``; for :func:`ace_batch` also ``problem``.
+
+        Returns
+        -------
+        list of dict
+            Ready for ``csv.DictWriter`` or ``pandas.DataFrame``.
+        """
+        batched = self.y_transform.dim() == 2
+        xs = self.x_transforms if batched else self.x_transforms.unsqueeze(0)
+        ys = self.y_transform if batched else self.y_transform.unsqueeze(0)
+        p = xs.shape[-1]
+        names = ["x_transform"] if p == 1 else [f"x_transform_{j}" for j in range(p)]
+        rows: list[dict] = []
+        for b, (x, y) in enumerate(zip(xs.tolist(), ys.tolist())):
+            for i, (xi, yi) in enumerate(zip(x, y)):
+                row: dict = {"problem": b} if batched else {}
+                row.update({"observation": i, **dict(zip(names, xi)), "y_transform": yi})
+                rows.append(row)
+        return rows
+
+    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+        """:meth:`as_rows` as a pandas DataFrame.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Raises
+        ------
+        NeuronvizError
+            pandas is not installed.
+        """
+        from ..core.tables import rows_to_frame
+
+        return rows_to_frame(self.as_rows(), ["problem", "observation"] if self.y_transform.dim() == 2 else ["observation"])
+
 
 def _pad_cumsum(v: torch.Tensor) -> torch.Tensor:
     """Cumulative sums along the last dimension with a leading 0, so sum(v[s:e]) = C[e] - C[s]."""

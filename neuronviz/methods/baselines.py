@@ -290,6 +290,45 @@ class BaselineScores:
     def _activation(self, layer: str) -> dict[str, torch.Tensor]:
         return {"sum": self.activation_sum[layer], "variance": self.activation_variance[layer]}
 
+    def as_rows(self) -> list[dict]:
+        """One dict per channel: ``layer``, ``channel``, then the metrics that were computed
+        (``weight_layer``, ``weight_sum``, ``weight_variance``, ``activation_sum``,
+        ``activation_variance``).
+
+        Returns
+        -------
+        list of dict
+            Ready for ``csv.DictWriter`` or ``pandas.DataFrame``.
+        """
+        rows: list[dict] = []
+        for layer in self.layers:
+            metrics = {name: getattr(self, name)[layer].reshape(-1).tolist() for name in BASELINES
+                       if layer in getattr(self, name)}
+            channels = len(next(iter(metrics.values()), []))
+            for c in range(channels):
+                row: dict = {"layer": layer, "channel": c}
+                if layer in self.weight_layers:
+                    row["weight_layer"] = self.weight_layers[layer]
+                row.update({name: values[c] for name, values in metrics.items()})
+                rows.append(row)
+        return rows
+
+    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+        """:meth:`as_rows` as a pandas DataFrame.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Raises
+        ------
+        NeuronvizError
+            pandas is not installed.
+        """
+        from ..core.tables import rows_to_frame
+
+        return rows_to_frame(self.as_rows(), ["layer", "channel", "weight_layer", *BASELINES])
+
     def __repr__(self) -> str:
         layers = ", ".join(f"{l} (kernels of {self.weight_layers[l]})" if l in self.weight_layers else l
                            for l in self.layers)

@@ -130,6 +130,42 @@ class InversionResult:
     delta: float = PAPER_DELTA
     recipe: str = "paper"
 
+    def as_rows(self) -> list[dict]:
+        """One dict per image: ``image`` (its index in the batch), ``target``, ``probability``,
+        ``mask_mean`` and ``inversion_mask_mean`` (the masks' mean, the salient fraction of the
+        image), ``loss_stage1`` and ``loss_stage2`` (the loss at each stage's last step).
+
+        Returns
+        -------
+        list of dict
+            Ready for ``csv.DictWriter`` or ``pandas.DataFrame``.
+        """
+        def last(losses: torch.Tensor, b: int) -> float:
+            return float(losses[b, -1]) if losses.shape[-1] else math.nan
+
+        return [
+            {"image": b, "target": int(self.target[b]), "probability": float(self.probability[b]),
+             "mask_mean": float(self.mask[b].mean()), "inversion_mask_mean": float(self.inversion_mask[b].mean()),
+             "loss_stage1": last(self.losses["stage1"], b), "loss_stage2": last(self.losses["stage2"], b)}
+            for b in range(self.mask.shape[0])
+        ]
+
+    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+        """:meth:`as_rows` as a pandas DataFrame.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Raises
+        ------
+        NeuronvizError
+            pandas is not installed.
+        """
+        from ..core.tables import rows_to_frame
+
+        return rows_to_frame(self.as_rows(), ["image", "target", "probability", "mask_mean", "inversion_mask_mean", "loss_stage1", "loss_stage2"])
+
     def __repr__(self) -> str:
         b, h, w = self.mask.shape
         return (

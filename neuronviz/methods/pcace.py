@@ -90,6 +90,37 @@ class PCACEScores:
         """The ``k`` worst channels, worst first."""
         return self.ranking.flip(0)[:k].tolist()
 
+    def as_rows(self) -> list[dict]:
+        """One dict per channel, in channel order: ``layer``, ``channel``, ``pcace`` (the score),
+        ``rank`` (1 for the best channel) and ``explained_variance`` (of all components).
+
+        Returns
+        -------
+        list of dict
+            Ready for ``csv.DictWriter`` or ``pandas.DataFrame``.
+        """
+        rank = torch.empty_like(self.ranking)
+        rank[self.ranking] = torch.arange(1, self.ranking.numel() + 1, dtype=self.ranking.dtype)
+        explained = self.explained_variance.reshape(self.scores.numel(), -1).sum(1)
+        return [{"layer": self.layer, "channel": c, "pcace": float(s), "rank": int(r), "explained_variance": float(e)}
+                for c, (s, r, e) in enumerate(zip(self.scores.tolist(), rank.tolist(), explained.tolist()))]
+
+    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+        """:meth:`as_rows` as a pandas DataFrame.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Raises
+        ------
+        NeuronvizError
+            pandas is not installed.
+        """
+        from ..core.tables import rows_to_frame
+
+        return rows_to_frame(self.as_rows(), ["layer", "channel", "pcace", "rank", "explained_variance"])
+
     def __repr__(self) -> str:
         what = f"class {self.target}" if self.target is not None else "callable target"
         return (
@@ -136,6 +167,54 @@ class LayerRanking:
     def best(self) -> str:
         """The layer with the highest mean top-k score."""
         return self.summary[0]["layer"]
+
+    def as_rows(self, per: str = "layer") -> list[dict]:
+        """The ranking as rows: per layer (:attr:`summary`, best first) or per channel.
+
+        Parameters
+        ----------
+        per : {"layer", "channel"}
+            ``"layer"``: ``layer``, ``channels``, ``mean_top_k``, ``max``, ``mean``;
+            ``"channel"``: every layer's :meth:`PCACEScores.as_rows`, layer by layer.
+
+        Returns
+        -------
+        list of dict
+            Ready for ``csv.DictWriter`` or ``pandas.DataFrame``.
+
+        Raises
+        ------
+        NeuronvizError
+            ``per`` is neither.
+        """
+        if per == "layer":
+            return [dict(r) for r in self.summary]
+        if per == "channel":
+            return [row for s in self.layers.values() for row in s.as_rows()]
+        raise NeuronvizError(f"per must be 'layer' or 'channel', got {per!r}")
+
+    def to_frame(self, per: str = "layer") -> "pandas.DataFrame":  # noqa: F821  (imported only when called)
+        """:meth:`as_rows` as a pandas DataFrame.
+
+        Parameters
+        ----------
+        per : {"layer", "channel"}
+            One row per layer (the summary) or per channel of every layer.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Raises
+        ------
+        NeuronvizError
+            pandas is not installed, or ``per`` is neither.
+        """
+        from ..core.tables import rows_to_frame
+
+        columns = ["layer", "channels", "mean_top_k", "max", "mean"] if per == "layer" else \
+            ["layer", "channel", "pcace", "rank", "explained_variance"]
+        return rows_to_frame(self.as_rows(per), columns)
 
     def __getitem__(self, layer: str) -> PCACEScores:
         return self.layers[layer]

@@ -24,6 +24,7 @@ from ..core.model_state import on_device, preserved_state, resolve_device
 from ..core.perturb import Perturbation, make as make_perturbation
 from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.stats import CoMoments
+from ..core.tables import Row, rows_to_frame
 from ..core.streams import RowBuffer, count_hint, is_batch_stream, iter_batches
 from ..core.targets import Target, TargetSpec, resolve_target
 from ..core.validation import check_batch, check_image, forward_checked
@@ -174,23 +175,46 @@ class NeuronScores:
         return out
 
     def as_rows(self) -> list[dict]:
-        """One dict per neuron (layer, channel or unit, correlation, precision, mean activation, excluded).
+        """One dict per neuron: ``layer``, ``channel`` (and ``position``, the flat index of the
+        position in the map, per unit), ``correlation``, ``precision``, ``mean_activation``,
+        ``excluded``.
+
+        The columns are those of every result's :meth:`to_frame` and of the explorer's CSV
+        export. ``row["neuron"]``, the old name of the channel (or flat unit) column, still
+        reads, with a :class:`DeprecationWarning`.
 
         Returns
         -------
         list of dict
             Ready for ``csv.DictWriter`` or ``pandas.DataFrame``.
         """
-        rows = []
+        rows: list[dict] = []
         for layer in self.layers:
             corr = self.correlation[layer].reshape(-1).tolist()
             prec = self.precision[layer].reshape(-1).tolist()
             mean = self.mean_activation[layer].reshape(-1).tolist()
             out = self.excluded[layer].reshape(-1).tolist()
+            per_channel = max(1, len(corr) // max(1, self.correlation[layer].shape[0])) if self.per_unit else 1
             for i, (c, p, m, e) in enumerate(zip(corr, prec, mean, out)):
-                rows.append({"layer": layer, "neuron": i, "correlation": c, "precision": p, "mean_activation": m,
-                             "excluded": e})
+                where = {"channel": i // per_channel, "position": i % per_channel} if self.per_unit else {"channel": i}
+                rows.append(Row(layer=layer, **where, correlation=c, precision=p, mean_activation=m, excluded=e,
+                                neuron=i))
         return rows
+
+    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+        """:meth:`as_rows` as a pandas DataFrame, one row per neuron.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Raises
+        ------
+        NeuronvizError
+            pandas is not installed.
+        """
+        where = ["layer", "channel", "position"] if self.per_unit else ["layer", "channel"]
+        return rows_to_frame(self.as_rows(), where + ["correlation", "precision", "mean_activation", "excluded"])
 
     def __repr__(self) -> str:
         layers = ", ".join(f"{l}: {self.shapes[l]}" for l in self.layers)
