@@ -41,6 +41,7 @@ from ..core.locks import hold_model, runs_model
 from ..core.model_state import on_device, preserved_state, resolve_device
 from ..core.perturb import Perturbation
 from ..core.perturb import make as make_perturbation
+from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.streams import is_batch_stream, iter_batches
 from ..core.targets import Target, TargetSpec, resolve_target
 from ..core.validation import check_batch, check_image, check_int, forward_checked, plain
@@ -710,6 +711,22 @@ class KnockoutEffect:
             for n, s, k, e, r in zip(self.names, self.sets, self.knocked, self.effect, self.relative)
         ]
 
+    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+        """:meth:`as_rows` as a pandas DataFrame.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Raises
+        ------
+        NeuronvizError
+            pandas is not installed.
+        """
+        from ..core.tables import rows_to_frame
+
+        return rows_to_frame(self.as_rows(), ["name", "set", "original", "knocked", "effect", "relative"])
+
     def table(self) -> str:
         """The effects as a text table, one line per set."""
         head = f"{'set':<28} {'original':>10} {'knocked':>10} {'effect':>10} {'relative':>9}"
@@ -839,6 +856,9 @@ def run_sets(
 
 
 @runs_model
+@reports_progress(lambda a: is_long({"image": 1, "copies": a.arguments["n_samples"]}.get(
+    a.arguments["on"], images_of(a.arguments["samples"])),
+    len(a.arguments["sets"]) if isinstance(a.arguments["sets"], (list, tuple)) else 1), unit="row")
 def knockout_effect(
     model: nn.Module,
     x: torch.Tensor,
@@ -855,7 +875,7 @@ def knockout_effect(
     seed: int = 0,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressArg = None,
 ) -> KnockoutEffect:
     """The output before and after knocking out each of many sets, in batched forward passes.
 
@@ -903,8 +923,11 @@ def knockout_effect(
         Rows (set x image) per forward pass; automatic when None, halved on out-of-memory.
     device : str or torch.device, optional
         Where to compute (the model is moved there for the call and back).
-    progress : callable, optional
-        ``progress(done, total)`` in rows after each pass; raising from it cancels.
+    progress : bool, callable or None
+        ``True``: a progress bar (:mod:`neuronviz.core.progress`); ``False``: none; None (the
+        default): a bar when the sets times the images evaluated reach 200 or the samples are
+        a loader. A callable: ``progress(done, total)`` in rows after each pass; raising from
+        it cancels.
 
     Returns
     -------
