@@ -290,7 +290,15 @@ def _any_cnn_layers(model: nn.Module, x: torch.Tensor) -> tuple[str, str] | None
     mask_layer = found[-1]
     skip = (nn.modules.dropout._DropoutNd, nn.Identity, nn.Flatten)
     after = spatial[spatial.index(mask_layer):]
-    later = [n for n in after if not isinstance(modules[n], skip)]  # l0 may have any layout
+    order = summary.names()
+    shape = {i.name: i.shape for i in summary}
+
+    def same_as_last_child(n: str) -> bool:
+        # a container returning its last submodule's output: name the submodule itself
+        k = order.index(n)
+        return k > 0 and order[k - 1].startswith(n + ".") and shape[order[k - 1]] == shape[n]
+
+    later = [n for n in after if not isinstance(modules[n], skip) and not same_as_last_child(n)]  # any layout
     return mask_layer, (later[-1] if later else mask_layer)
 
 
