@@ -82,6 +82,7 @@ def hooks(
     fns: Mapping[str, HookFn],
     *,
     before_forward: Callable[[nn.Module, tuple], None] | None = None,
+    pre: Mapping[str, Callable[[nn.Module, tuple], None]] | None = None,
 ) -> Iterator[dict[str, nn.Module]]:
     """Forward hooks on named modules of ``model`` for the duration of a ``with`` block.
 
@@ -96,10 +97,15 @@ def hooks(
         The network.
     fns : mapping of str to callable
         ``{layer name: fn(module, args, output)}``. Unknown names fail here, before any hook
-        is registered, with the closest names suggested.
+        is registered, with the closest names suggested. As in torch, a value ``fn`` returns
+        replaces the module's output (a knock-out); return None to only observe.
     before_forward : callable, optional
         ``fn(model, args)``, called when a forward pass of ``model`` itself starts (a forward
         pre-hook on the root), e.g. to start a new recording.
+    pre : mapping of str to callable, optional
+        ``{layer name: fn(module, args)}``: forward pre-hooks, called before a module runs
+        (to see its input before the module can change it in place); a value returned
+        replaces the module's input.
 
     Yields
     ------
@@ -117,13 +123,18 @@ def hooks(
     >>> with hooks(model, {n: lambda m, a, o, n=n: order.append(n) for n in ["conv1", "fc"]}):  # doctest: +SKIP
     ...     model(x)
     """
-    modules = resolve_layers(model, list(fns)) if fns else {}
+    pre = pre or {}
+    names = list(dict.fromkeys([*fns, *pre]))
+    modules = resolve_layers(model, names) if names else {}
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
         if before_forward is not None:
             handles.append(model.register_forward_pre_hook(before_forward))
         for name, module in modules.items():
-            handles.append(module.register_forward_hook(fns[name]))
+            if name in pre:
+                handles.append(module.register_forward_pre_hook(pre[name]))
+            if name in fns:
+                handles.append(module.register_forward_hook(fns[name]))
         yield modules
     finally:
         while handles:

@@ -42,7 +42,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .capture import LayerSummary
+from .capture import LayerSummary, hooks
 from .errors import NeuronvizError
 
 __all__ = [
@@ -137,7 +137,6 @@ def _probe_candidates(model: nn.Module, summary: LayerSummary, x: torch.Tensor) 
 
     listed = {i.name for i in summary if _is_spatial(i.shape)}
     calls: list[dict] = []  # one per module call, in the order the calls finish
-    handles = []
 
     def make_hook(name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
@@ -170,23 +169,14 @@ def _probe_candidates(model: nn.Module, summary: LayerSummary, x: torch.Tensor) 
                 calls[-1]["in"] = arrivals.pop(id(module))
         return hook
 
-    try:
-        for name, module in model.named_modules():
-            if not name:
-                continue
-            if _is_leaf(module):
-                handles.append(module.register_forward_pre_hook(pre_hook))
-                handles.append(module.register_forward_hook(make_leaf_hook(name)))
-            else:
-                handles.append(module.register_forward_hook(make_hook(name)))
-        with preserved_state(model), torch.no_grad():
-            model.eval()
-            dev = model_device(model)
-            xb = x[:1] if x.dim() == 4 else x.unsqueeze(0)
-            model(xb.to(dev) if dev is not None else xb)
-    finally:
-        for h in handles:
-            h.remove()
+    named = [(name, module) for name, module in model.named_modules() if name]
+    fns = {name: make_leaf_hook(name) if _is_leaf(module) else make_hook(name) for name, module in named}
+    pre = {name: pre_hook for name, module in named if _is_leaf(module)}
+    with preserved_state(model), torch.no_grad(), hooks(model, fns, pre=pre):
+        model.eval()
+        dev = model_device(model)
+        xb = x[:1] if x.dim() == 4 else x.unsqueeze(0)
+        model(xb.to(dev) if dev is not None else xb)
     return _candidates_from_calls(calls, listed)
 
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.errors import CaptureError, NeuronvizError
-from ..core.validation import forward_checked
+from ..core.capture import ActivationCapture
+from ..core.errors import NeuronvizError
 
 __all__ = ["AUTHORS", "AUTHORS_BLUR_SIGMA_AT_224", "authors_mask", "authors_background", "run_authors_loop"]
 
@@ -120,31 +120,23 @@ def run_authors_loop(
     losses1 = torch.zeros(b, stage1_steps, dtype=torch.float64, device=x.device)
     losses2 = torch.zeros(b, stage2_steps, dtype=torch.float64, device=x.device)
     ref_norm2 = ref.double().pow(2).flatten(1).sum(1).clamp_min(torch.finfo(torch.float64).tiny)
-    recorded: list[torch.Tensor] = []
-
-    def hook(module: nn.Module, args: tuple, output: object) -> None:
-        if not isinstance(output, torch.Tensor):
-            raise CaptureError(f"the feature layer returned {type(output).__name__}, not a tensor")
-        recorded.append(output.clone())  # a copy: later in-place operations must not change it
+    layer = next(name for name, m in model.named_modules() if m is feature_module)
 
     w1 = w.detach().clone()
-    handle = feature_module.register_forward_hook(hook)
-    try:
+    # the feature layer's recording (a copy) stays attached to the graph: stage 1's gradient flows through it
+    with ActivationCapture(model, layer, keep_graph=True) as record:
         for i in range(total):
             mask = authors_mask(w, feats, (height, width))
             keep = x * mask + background * (1 - mask)
             if i < stage1_steps:
-                recorded.clear()
-                forward_checked(model, keep)
-                if len(recorded) != 1:
-                    raise CaptureError("the feature layer must run exactly once per forward pass")
-                f = recorded.pop()
+                record.forward(keep)
+                f = record[layer]
                 per_image = (f - ref).double().pow(2).flatten(1).sum(1) / ref_norm2 + gamma * w.double().pow(2).sum(1)
                 losses1[:, i] = per_image.detach()
             else:
                 drop = x * (1 - mask) + background * mask
-                out = forward_checked(model, torch.cat([keep, drop]))
-                recorded.clear()
+                out = record.forward(torch.cat([keep, drop]))
+                record.clear()
                 prob = torch.softmax(out.double(), dim=1)
                 p_keep = prob[:b].gather(1, c_index)[:, 0]
                 p_drop = prob[b:].gather(1, c_index)[:, 0]
@@ -162,8 +154,6 @@ def run_authors_loop(
                 w1 = w.detach().clone()
             if progress is not None:
                 progress(i + 1, total)
-    finally:
-        handle.remove()
     for losses, stage in ((losses1, "stage 1"), (losses2, "stage 2")):
         if not torch.isfinite(losses).all():
             raise NeuronvizError(

@@ -230,3 +230,21 @@ def test_layout_turns_channels_last_recordings_channels_first():
     assert rec["1"].shape == (2, 5, 6, 6) and rec["1"].is_contiguous()
     assert torch.equal(rec["1"], rec["0"])
     assert str(rec.layouts["1"]) == "channels_last" and str(rec.layouts["0"]) == "channels_first"
+
+
+def test_pre_hooks_see_a_modules_input_before_it_changes_it_in_place():
+    from neuronviz.core.capture import hooks
+
+    net = nn.Sequential(nn.Conv2d(3, 2, 1), nn.ReLU(inplace=True))
+    seen = {}
+
+    def before(module, args):  # returns None: a returned value would replace the module's input
+        seen["before"] = args[0].clone()
+
+    def after(module, args, output):
+        seen["after"] = args[0].clone()
+
+    with hooks(net, {"1": after}, pre={"1": before}):
+        net(torch.randn(1, 3, 4, 4))
+    assert (seen["before"] < 0).any() and not (seen["after"] < 0).any()  # the ReLU rectified its input in place
+    assert _no_hooks(net)
