@@ -248,3 +248,15 @@ def test_pre_hooks_see_a_modules_input_before_it_changes_it_in_place():
         net(torch.randn(1, 3, 4, 4))
     assert (seen["before"] < 0).any() and not (seen["after"] < 0).any()  # the ReLU rectified its input in place
     assert _no_hooks(net)
+
+
+def test_only_core_capture_registers_hooks():
+    """Every hook goes through core.capture.hooks, which always removes them: no module registers its own."""
+    import re
+    from pathlib import Path
+
+    root = Path(nv.__file__).parent
+    pattern = re.compile(r"\.register_(forward_pre_hook|forward_hook|full_backward_hook|full_backward_pre_hook)\(")
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p.name != "capture.py" and pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
