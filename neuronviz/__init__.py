@@ -18,7 +18,7 @@ from .methods.knockout import KnockoutEffect, knockout, knockout_effect
 from .methods.faithfulness import FaithfulnessCurves, deletion_curve, mask_deletion_curve
 from .methods.resampling import NeuronScores, overlap, score_neurons
 from .models import default_model, digits_model
-from .render import render_scores
+from .figures import render_scores
 from .render.inversion import render_inversion
 from .render.faithfulness import render_faithfulness
 from .render.pcace import render_layer_ranking, render_pcace

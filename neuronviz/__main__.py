@@ -97,7 +97,8 @@ def _format_top(scores, metric: str, n: int) -> str:
 def _run_demo(args: argparse.Namespace) -> int:
     from .core.model_state import resolve_device
     from .methods.resampling import overlap, score_neurons
-    from .render import SAVE_FORMATS, class_label, render_scores
+    from .figures import render_scores
+    from .render import SAVE_FORMATS, class_label
 
     if args.out.suffix.lower() not in SAVE_FORMATS:  # fail before minutes of scoring
         raise NeuronvizError(f"--out must end in one of {', '.join(SAVE_FORMATS)}, got {str(args.out)!r}")

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
+from tiny_nets import tiny_cnn
 
 import neuronviz as nv
-from neuronviz.render import activation_maps, render_scores, upsample_map
-from tiny_nets import tiny_cnn
+from neuronviz import render_scores
+from neuronviz.render import activation_maps, upsample_map
 
 LAYERS = ["conv1", "relu2", "fc"]
 
@@ -48,8 +49,8 @@ def test_render_scores_returns_a_figure_with_image_neuron_panels_and_scatter(sco
     assert "image" in labels and "scatter" in labels
     neurons = axes_by_label(fig, "neuron:")
     top_c, top_p = scores.top("correlation", 2), scores.top("precision", 2)
-    expected = {f"neuron:correlation:{l}:{c}" for l in LAYERS for c in top_c[l]}
-    expected |= {f"neuron:precision:{l}:{c}" for l in LAYERS for c in top_p[l]}
+    expected = {f"neuron:correlation:{layer}:{c}" for layer in LAYERS for c in top_c[layer]}
+    expected |= {f"neuron:precision:{layer}:{c}" for layer in LAYERS for c in top_p[layer]}
     assert set(neurons) == expected
     assert "overlap of the top-2 selections" in figure_text(fig)
 
@@ -114,10 +115,10 @@ def test_layer_where_every_channel_has_nan_precision_still_renders(tmp_path):
     scores = nv.score_neurons(net, x, ["conv1", "conv2"], target=0, n_samples=6, dead_threshold=1e9)
     assert scores.excluded["conv1"].all()
     fig = render_scores(scores, net, x, k=3, path=tmp_path / "nan.png", dpi=50)
-    assert not any(l.startswith("neuron:precision:") for l in (ax.get_label() for ax in fig.axes))
+    assert not any(layer.startswith("neuron:precision:") for layer in (ax.get_label() for ax in fig.axes))
     assert len(axes_by_label(fig, "empty:precision:")) == 2 * 3
     assert len(axes_by_label(fig, "neuron:correlation:")) == 2 * 3
-    assert "NaN score not shown" in figure_text(fig)
+    assert f"{6 + 4} channel(s) left out of\nthe precision selection" in figure_text(fig)
     assert (tmp_path / "nan.png").stat().st_size > 0
 
 
@@ -179,7 +180,8 @@ def test_infinite_precision_is_drawn_at_the_top_edge_and_nan_left_out(scored):
     assert at_edge and all(np.allclose(np.asarray(c.get_offsets())[:, 1], 1.0) for c in at_edge)
     # the small dots are every channel with a finite precision and a correlation
     dots = [c for c in ax.collections if c.get_sizes().max() < 20 and c.get_offset_transform() is not edge]
-    n_finite = sum(int((~scores.correlation[l].isnan() & scores.precision[l].isfinite()).sum()) for l in LAYERS)
+    n_finite = sum(int((~scores.correlation[layer].isnan() & scores.precision[layer].isfinite()).sum())
+                   for layer in LAYERS)
     assert sum(len(c.get_offsets()) for c in dots) == n_finite
     assert "∞" in figure_text(fig)
 

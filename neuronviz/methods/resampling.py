@@ -87,6 +87,13 @@ class NeuronScores:
         With ``keep_channel_means=True``: per layer, (N, C) float32 activation of every
         channel on every sample, averaged over positions (what the widgets plot against
         ``outputs``); None otherwise.
+    maps : dict of str to torch.Tensor or None
+        With ``keep_maps``: per layer, the (len(keep_maps), C, ...) float32 CPU activations of
+        the kept samples, in the order of ``map_indices`` (with a perturbation whose copy 0 is
+        the image itself, ``Perturbation.first_is_original``, index 0 gives the clean maps);
+        None otherwise.
+    map_indices : list of int
+        Which samples ``maps`` holds.
     layouts : dict of str to str
         Per layer, where its output keeps the channels ("channels_first", "channels_last" or
         "tokens", see ``layout``); scores, shapes and maps are channels first in every case.
@@ -108,6 +115,8 @@ class NeuronScores:
     channel_means: dict[str, torch.Tensor] | None = None
     excluded: dict[str, torch.Tensor] = field(default_factory=dict)
     exclusion_rule: dict[str, str] = field(default_factory=dict)
+    maps: dict[str, torch.Tensor] | None = None
+    map_indices: list[int] = field(default_factory=list)
     layouts: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -317,6 +326,7 @@ def score_neurons(
     progress: ProgressArg = None,
     keep_channel_means: bool = False,
     distributed: bool | None = None,
+    keep_maps: Sequence[int] = (),
     layout: LayoutSpec = "auto",
 ) -> NeuronScores:
     """Score every neuron of ``layers`` by correlation with the output and by precision.
@@ -401,6 +411,11 @@ def score_neurons(
         None: reduce across ranks when a process group of several ranks is initialised
         (every rank must then make the same call: one rank calling alone would wait for the
         others); False: score this process's samples alone; True: require a process group.
+    keep_maps : sequence of int
+        Samples (copy indices, or rows of a ``samples`` tensor) whose activations of every
+        layer are kept during the scoring pass (:attr:`NeuronScores.maps`), so that showing a
+        few copies, or the clean image (copy 0), needs no other forward pass. Not with a
+        DataLoader nor across ranks.
     layout : str or mapping, default "auto"
         Where each layer keeps its channels: "channels_first" (N, C, H, W) or (N, F);
         "channels_last" (N, H, W, C), e.g. Swin stages; "tokens" (N, L, D), e.g. ViT encoder
@@ -444,6 +459,7 @@ def score_neurons(
         raise NeuronvizError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     if not isinstance(dead_threshold, (int, float)) or math.isnan(dead_threshold):
         raise NeuronvizError(f"dead_threshold must be a number, got {dead_threshold!r}")
+    keep = _check_keep_maps(keep_maps, None if stream or active else (n_samples if samples is None else len(samples)))
 
     with preserved_state(model), on_device(model, dev), torch.no_grad():
         model.eval()
@@ -453,6 +469,7 @@ def score_neurons(
         shapes: dict[str, tuple[int, ...]] = {}
         outputs = RowBuffer((), torch.float64)
         channel_means: dict[str, RowBuffer] = {}
+        kept_maps: dict[str, dict[int, torch.Tensor]] = {}
         state: dict[str, Target] = {}
         size = batch_size or default_batch_size(dev)
 
@@ -469,13 +486,13 @@ def score_neurons(
 
         with ActivationCapture(model, names, layout=layout) as rec:
 
-            def score(batch: torch.Tensor, is_first_copy: bool = False) -> None:
+            def score(batch: torch.Tensor, is_first_copy: bool = False, index: range = range(0)) -> None:
                 out = forward_checked(model, batch)
                 acts = rec.outputs()
                 o = get_target(out, is_first_copy)(out).double()
                 if not torch.isfinite(o).all():
                     raise NeuronvizError("the target gave NaN or infinite values on the perturbed samples")
-                updates, means_upd = {}, {}
+                updates, means_upd, maps_upd = {}, {}, {}
                 for name in names:
                     a = acts[name]
                     if name not in shapes:
@@ -488,25 +505,31 @@ def score_neurons(
                     updates[name] = CoMoments.from_batch(_as_features(a), o)
                     if keep_channel_means:
                         means_upd[name] = a.reshape(a.shape[0], a.shape[1], -1).float().mean(2).cpu()
+                    rows = [(j, i) for j, i in enumerate(index) if i in keep]
+                    if rows:
+                        # a copy of its own: a view would keep the whole batch's recording alive
+                        maps_upd[name] = {i: a[j].float().cpu().clone() for j, i in rows}
                 rec.clear()
                 for name, m in updates.items():  # commit only once the whole batch succeeded
                     moments.setdefault(name, CoMoments(m.mean.numel(), m.mean.device)).merge(m)
                 for name, mu in means_upd.items():
                     channel_means.setdefault(name, RowBuffer(mu.shape[1:], torch.float32)).append(mu)
+                for name, kept_rows in maps_upd.items():
+                    kept_maps.setdefault(name, {}).update(kept_rows)
                 outputs.append(o.cpu())
 
             with ranks.together("score_neurons' pass over the samples"):
                 if stream:
                     _score_stream(samples, model, dev, batch_size, score, progress)
                 elif samples is not None:
-                    run_batched(samples.shape[0], size, lambda r: score(samples[r.start : r.stop].to(dev)),
+                    run_batched(samples.shape[0], size, lambda r: score(samples[r.start : r.stop].to(dev), False, r),
                                 on_progress=progress)
                 else:
                     block = shard(n_samples, ranks.rank, ranks.size)
 
                     def step(r: range) -> None:
                         copies = range(block.start + r.start, block.start + r.stop)
-                        score(pert.sample(x, copies, seed=seed), copies.start == 0)
+                        score(pert.sample(x, copies, seed=seed), copies.start == 0, copies)
 
                     run_batched(len(block), size, step, on_progress=progress)
                 if "t" not in state:  # no sample on this rank: the target still comes from x
@@ -551,10 +574,28 @@ def score_neurons(
         dead_threshold=float(dead_threshold),
         layers=names,
         channel_means=kept if keep_channel_means else None,
+        maps={name: torch.stack([kept_maps[name][i] for i in keep_maps]) for name in names} if keep else None,
+        map_indices=[int(i) for i in keep_maps],
         excluded=excluded,
         exclusion_rule=rules,
         layouts={name: str(rec.layouts.get(name, "channels_first")) for name in names},
     )
+
+
+def _check_keep_maps(keep_maps: Sequence[int], n: int | None) -> set[int]:
+    """The samples ``keep_maps`` names, checked against the ``n`` samples (None: maps cannot be kept)."""
+    try:
+        wanted = [int(i) for i in keep_maps if not isinstance(i, bool) and int(i) == i]
+    except (TypeError, ValueError):
+        wanted = []
+    if len(wanted) != len(keep_maps):
+        raise NeuronvizError(f"keep_maps must be a list of sample indices, got {keep_maps!r}")
+    if wanted and n is None:
+        raise NeuronvizError("keep_maps needs the samples in one process: not with a DataLoader or across ranks")
+    bad = [i for i in wanted if not 0 <= i < (n or 0)]
+    if bad:
+        raise NeuronvizError(f"keep_maps: samples {bad} do not exist; there are {n} (indices 0..{(n or 1) - 1})")
+    return set(wanted)
 
 
 def _score_stream(

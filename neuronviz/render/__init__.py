@@ -2,6 +2,6 @@
 
 from .figure import SAVE_FORMATS, StaticFigure, class_label
 from .maps import activation_maps, upsample_map
-from .resampling import render_scores
+from .resampling import render_score_maps
 
-__all__ = ["SAVE_FORMATS", "StaticFigure", "activation_maps", "class_label", "render_scores", "upsample_map"]
+__all__ = ["SAVE_FORMATS", "StaticFigure", "activation_maps", "class_label", "render_score_maps", "upsample_map"]

@@ -20,10 +20,13 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Rectangle
 
+from ..core.errors import NeuronvizError
 from ..methods.resampling import NeuronScores, overlap
-from .figure import FONT_SIZES as _FS, StaticFigure, check_display_image, check_path, save
+from .figure import FONT_SIZES as _FS
+from .figure import StaticFigure, check_display_image, check_path, save
+from .formatting import format_score
 from .maps import upsample_map
-from .resampling import _BOTH_COLOUR, _LAYER_COLOURS, _OVERLAY_CMAP, _draw_scatter, _fmt_precision, _target_text
+from .resampling import _BOTH_COLOUR, _LAYER_COLOURS, _OVERLAY_CMAP, _draw_scatter, _target_text
 
 __all__ = [
     "ExplorerView",
@@ -32,6 +35,7 @@ __all__ = [
     "strongest_cell",
     "cell_box",
     "layer_colour",
+    "pearson",
     "BOTH_COLOUR",
     "BOX_COLOUR",
     "SELECTED_COLOUR",
@@ -79,12 +83,12 @@ def blend_overlay(image: np.ndarray, heat: np.ndarray | None, opacity: float) ->
     """
     img = np.asarray(image, dtype=np.float32)
     if not 0.0 <= float(opacity) <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity!r}")
+        raise NeuronvizError(f"opacity must be in [0, 1], got {opacity!r}")
     if heat is None:
         return img
     heat = np.asarray(heat, dtype=np.float32)
     if heat.shape != img.shape[:2]:
-        raise ValueError(f"the heat map is {heat.shape} but the image is {img.shape[:2]}: they must match")
+        raise NeuronvizError(f"the heat map is {heat.shape} but the image is {img.shape[:2]}: they must match")
     colour = _LUT[np.clip(np.nan_to_num(heat) * 255.0 + 0.5, 0, 255).astype(np.intp)]
     alpha = (float(opacity) * (0.2 + 0.8 * np.clip(heat, 0.0, 1.0)))[..., None]
     return img * (1.0 - alpha) + colour * alpha
@@ -104,12 +108,14 @@ def strongest_cell(amap: torch.Tensor | np.ndarray) -> tuple[int, int]:
     """
     a = np.nan_to_num(np.asarray(torch.as_tensor(amap).detach().cpu().float()), nan=-np.inf)
     if a.ndim != 2:
-        raise ValueError(f"strongest_cell expects one (h, w) map, got shape {a.shape}")
+        raise NeuronvizError(f"strongest_cell expects one (h, w) map, got shape {a.shape}")
     r, c = np.unravel_index(int(np.argmax(a)), a.shape)
     return int(r), int(c)
 
 
-def cell_box(cell: tuple[int, int], map_shape: tuple[int, int], image_size: tuple[int, int]) -> tuple[float, float, float, float]:
+def cell_box(
+    cell: tuple[int, int], map_shape: tuple[int, int], image_size: tuple[int, int]
+) -> tuple[float, float, float, float]:
     """The image region of one cell of an activation map: ``(top, left, bottom, right)`` in pixels.
 
     This is the cell scaled to the image (the map's grid stretched over the image), an
@@ -197,9 +203,10 @@ def _draw_overlay(sf: SubFigure, view: ExplorerView, img: np.ndarray) -> None:
     heat = upsample_map(amap, img.shape[:2]) if amap is not None else None
     ax.imshow(blend_overlay(img, heat, view.opacity), interpolation="bilinear")
     if amap is not None:
-        top, left, bottom, right = cell_box(strongest_cell(amap), tuple(amap.shape), img.shape[:2])
+        top, left, bottom, right = cell_box(strongest_cell(amap), (amap.shape[0], amap.shape[1]), img.shape[:2])
         for colour, width in (("black", 3.2), (BOX_COLOUR, 1.6)):  # a white frame with a dark halo
-            ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, ec=colour, lw=width))
+            ax.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False, ec=colour,
+                                   lw=width))
     _no_ticks(ax)
     if view.selected is None:
         ax.set_title("input image", fontsize=_FS["head"])
@@ -253,8 +260,7 @@ def _draw_ranked(ax: Axes, values: list[float], channels: list[int], both: set, 
         if ch in both:
             tick.set_color(BOTH_COLOUR)
     for y, v, w in zip(ys, values, widths):
-        text = f"{v:.2f}" if metric == "correlation" else _fmt_precision(v)
-        ax.text(w, y, " " + text, va="center", ha="left", fontsize=_FS["cell"] - 1)
+        ax.text(w, y, " " + format_score(metric, v), va="center", ha="left", fontsize=_FS["cell"] - 1)
     ax.set_xlim(0, max(widths) * 1.45)
     ax.set_xticks([])
     for side in ("top", "right", "bottom"):
@@ -305,12 +311,12 @@ def _draw_detail(sf: SubFigure, view: ExplorerView) -> None:
         ax.scatter(a[idx], o[idx], s=60, facecolor="none", edgecolor="black", linewidths=1.2, label="copies shown")
         for i in idx:
             ax.annotate(str(i), (a[i], o[i]), xytext=(4, 3), textcoords="offset points", fontsize=_FS["cell"] - 1)
-    r = _pearson(a, o)
+    r = pearson(a, o)
     r_text = "n/a" if math.isnan(r) else f"{r:.2f}"
     ax.set_title(f"{layer} · channel {channel}: r = {r_text} over {len(o)} copies", fontsize=_FS["head"])
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two samples; NaN when either is constant."""
     a, b = a - a.mean(), b - b.mean()
     den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
@@ -328,9 +334,9 @@ def _draw_strip(sf: SubFigure, view: ExplorerView) -> None:
     maps = view.sample_maps.get(layer) if (view.sample_maps and layer is not None) else None
     spatial = maps is not None and maps.dim() == 4 and maps.shape[2] * maps.shape[3] > 1
     outputs = view.scores.outputs
-    for ax, img, j, i in zip(axes, view.samples, range(n), view.sample_indices):
+    for ax, img, j, i in zip(axes, [] if view.samples is None else view.samples, range(n), view.sample_indices):
         img = check_display_image(img)
-        heat = upsample_map(maps[j, channel], img.shape[:2]) if spatial else None
+        heat = upsample_map(maps[j, channel], img.shape[:2]) if spatial and maps is not None else None
         ax.imshow(blend_overlay(img, heat, view.opacity), interpolation="bilinear")
         _no_ticks(ax)
         ax.set_title(f"copy {i}\noutput {float(outputs[i]):.3g}", fontsize=_FS["cell"], linespacing=1.1)
@@ -376,20 +382,20 @@ def render_explorer(
     """
     scores = view.scores
     if scores.per_unit:
-        raise ValueError("the explorer draws per-channel scores; these were computed with per_unit=True")
+        raise NeuronvizError("the explorer draws per-channel scores; these were computed with per_unit=True")
     if isinstance(view.k, bool) or not isinstance(view.k, int) or view.k < 1:
-        raise ValueError(f"k must be a positive integer, got {view.k!r}")
+        raise NeuronvizError(f"k must be a positive integer, got {view.k!r}")
     if view.selected is not None:
         layer, channel = view.selected
         if layer not in scores.layers or not 0 <= channel < scores.correlation[layer].numel():
-            raise ValueError(f"the selected neuron {view.selected!r} is not among the scored channels")
+            raise NeuronvizError(f"the selected neuron {view.selected!r} is not among the scored channels")
     path = check_path(path)
     img = check_display_image(view.image)
 
     n_layers = len(scores.layers)
     top_h = max(4.2, 1.25 * n_layers * max(1.0, view.k / 4) + 1.2)
     fig = StaticFigure(figsize=(16.5, top_h + 3.6), dpi=dpi, layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, 3.6], hspace=0.02)
+    top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, 3.6], hspace=0.02)  # type: ignore[misc]
     sf_img, sf_sc, sf_sel = top.subfigures(1, 3, width_ratios=[3.6, 7.4, 5.5], wspace=0.01)
     sf_det, sf_strip = bottom.subfigures(1, 2, width_ratios=[5.0, 11.5], wspace=0.01)
 
@@ -403,7 +409,8 @@ def render_explorer(
 
     seed_text = f", seed {scores.seed}" if scores.perturbation is not None else ""
     fig.suptitle(
-        title or f"Neuron explorer · {_target_text(scores, view.n_classes)} · {scores.n_samples} perturbed copies{seed_text}",
+        title or f"Neuron explorer · {_target_text(scores, view.n_classes)} · {scores.n_samples} perturbed copies"
+        f"{seed_text}",
         fontsize=_FS["title"],
     )
     save(fig, path, dpi)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,21 +12,26 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
-from torch import nn
 
+from ..core.errors import NeuronvizError
 from ..methods.resampling import NeuronScores, overlap
-from .figure import FONT_SIZES as _FS, StaticFigure, check_display_image, check_path, class_label, save
-from .maps import forward_maps, upsample_map
+from .figure import FONT_SIZES as _FS
+from .figure import StaticFigure, check_display_image, check_path, class_label, save
+from .formatting import format_score
+from .maps import upsample_map
 
-__all__ = ["render_scores"]
+__all__ = ["render_score_maps", "check_score_figure"]
 
 _OVERLAY_CMAP = "jet"
 _BOTH_COLOUR = "#e6194b"  # frame of neurons both metrics select
 _LAYER_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 # scatter styles of the selected channels (facecolor None: the layer's colour)
-_TOP_C = {"s": 60, "marker": "o", "facecolor": None, "edgecolor": "black", "linewidths": 1.2, "zorder": 4}
-_TOP_P = {"s": 55, "marker": "D", "facecolor": None, "edgecolor": "black", "linewidths": 1.2, "zorder": 5}
-_BOTH = {"s": 190, "marker": "o", "facecolor": "none", "edgecolor": _BOTH_COLOUR, "linewidths": 2.0, "zorder": 6}
+_TOP_C: dict[str, Any] = {"s": 60, "marker": "o", "facecolor": None, "edgecolor": "black", "linewidths": 1.2,
+                          "zorder": 4}
+_TOP_P: dict[str, Any] = {"s": 55, "marker": "D", "facecolor": None, "edgecolor": "black", "linewidths": 1.2,
+                          "zorder": 5}
+_BOTH: dict[str, Any] = {"s": 190, "marker": "o", "facecolor": "none", "edgecolor": _BOTH_COLOUR, "linewidths": 2.0,
+                         "zorder": 6}
 
 
 def _check_maps_match(maps: dict[str, torch.Tensor], scores: NeuronScores) -> None:
@@ -33,7 +39,7 @@ def _check_maps_match(maps: dict[str, torch.Tensor], scores: NeuronScores) -> No
     for layer in scores.layers:
         n_maps, n_scores = maps[layer].shape[0], scores.correlation[layer].numel()
         if n_maps != n_scores:
-            raise ValueError(
+            raise NeuronvizError(
                 f"layer {layer!r} has {n_maps} channels on this model but the scores have {n_scores}: "
                 "render with the model and image that were scored"
             )
@@ -60,24 +66,11 @@ def _caption(scores: NeuronScores, n_classes: int | None, k: int, ov: float, n_b
     )
 
 
-def _fmt_precision(p: float) -> str:
-    """Short enough for a panel title: 0.125, 27.5, 6141, 1.23e7, ∞."""
-    if math.isinf(p):
-        return "∞"
-    if 100 <= p < 1e5:
-        return f"{p:.0f}"
-    if 1e-3 <= p < 100:
-        return f"{p:.3g}"
-    mantissa, exponent = f"{p:.2e}".split("e")
-    return f"{mantissa}e{int(exponent)}"
-
-
-def _fmt_score(metric: str, value: float) -> str:
-    return f"corr {value:.2f}" if metric == "correlation" else f"prec {_fmt_precision(value)}"
-
-
 # ---------------------------------------------------------------------------------------------
 # panels
+
+
+_SHORT = {"correlation": "corr", "precision": "prec"}
 
 
 def _draw_image(sf: SubFigure, img: np.ndarray) -> None:
@@ -98,7 +91,8 @@ def _draw_neuron(
         m = upsample_map(amap, img.shape[:2])
         # opacity grows with activation so that the image stays visible where the neuron is quiet
         ax.imshow(m, cmap=_OVERLAY_CMAP, vmin=0.0, vmax=1.0, alpha=0.1 + 0.6 * m, interpolation="nearest")
-    ax.set_title(f"ch {channel}\n{_fmt_score(metric, value)}", fontsize=_FS["cell"], linespacing=1.1, pad=3)
+    ax.set_title(f"ch {channel}\n{_SHORT[metric]} {format_score(metric, value)}", fontsize=_FS["cell"], linespacing=1.1,
+                 pad=3)
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -174,7 +168,7 @@ def _scatter_layer(
     return int((~shown).sum()), bool(inf.any())
 
 
-def _scatter_legend(ax: Axes, layer_handles: list, any_both: bool, any_inf: bool, hidden: int) -> None:
+def _scatter_legend(ax: Axes, layer_handles: list, any_both: bool, any_inf: bool, hidden: int, left_out: int) -> None:
     handles = layer_handles + [
         Line2D([], [], ls="", marker="o", ms=7, mfc="white", mec="black", mew=1.2, label="top by correlation"),
         Line2D([], [], ls="", marker="D", ms=6, mfc="white", mec="black", mew=1.2, label="top by precision"),
@@ -187,6 +181,8 @@ def _scatter_legend(ax: Axes, layer_handles: list, any_both: bool, any_inf: bool
         handles.append(Line2D([], [], ls="", marker="^", ms=6, color="0.4", label="precision = ∞ (top edge)"))
     if hidden:  # a text-only legend row, so the note never covers a point
         handles.append(Line2D([], [], ls="", label=f"{hidden} channel(s) with\na NaN score not shown"))
+    if left_out:
+        handles.append(Line2D([], [], ls="", label=f"{left_out} channel(s) left out of\nthe precision selection"))
     ax.legend(handles=handles, fontsize=_FS["cell"], loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
               frameon=False, handletextpad=0.3)
 
@@ -216,7 +212,9 @@ def _draw_scatter(sf: SubFigure, scores: NeuronScores, top_c: dict[str, list], t
     ax.tick_params(which="minor", labelsize=_FS["cell"] - 1)
     ax.grid(True, which="major", lw=0.4, color="0.85", zorder=0)
     any_both = any(set(top_c[layer]) & set(top_p[layer]) for layer in scores.layers)
-    _scatter_legend(ax, layer_handles, any_both, any_inf, hidden)
+    excluded = getattr(scores, "excluded", {})
+    left_out = sum(int(excluded[layer].sum()) for layer in scores.layers if layer in excluded)
+    _scatter_legend(ax, layer_handles, any_both, any_inf, hidden, left_out)
     ax.set_title("every channel", fontsize=_FS["head"])
 
 
@@ -224,39 +222,71 @@ def _draw_scatter(sf: SubFigure, scores: NeuronScores, top_c: dict[str, list], t
 # the figure
 
 
-def render_scores(
+def check_score_figure(scores: NeuronScores, k: object, path: str | Path | None) -> Path | None:
+    """Check what the comparison figure is asked for, before any work; returns the checked path.
+
+    Parameters
+    ----------
+    scores : NeuronScores
+        Per-channel scores.
+    k : int
+        Neurons per layer and metric.
+    path : str or pathlib.Path, optional
+        Where the figure is to be saved.
+
+    Returns
+    -------
+    pathlib.Path or None
+
+    Raises
+    ------
+    NeuronvizError
+        Per-unit scores, ``k`` not a positive integer, or an unsupported file suffix.
+    """
+    if scores.per_unit:
+        raise NeuronvizError(
+            "render_scores draws per-channel scores, but these were computed with per_unit=True; "
+            "score again with score_neurons(..., per_unit=False)"
+        )
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise NeuronvizError(f"k must be a positive integer, got {k!r}")
+    return check_path(path)
+
+
+def render_score_maps(
     scores: NeuronScores,
-    model: nn.Module,
-    x: torch.Tensor,
+    maps: dict[str, torch.Tensor],
+    image: np.ndarray,
     *,
+    n_classes: int | None = None,
     k: int = 3,
-    image: np.ndarray | None = None,
     path: str | Path | None = None,
     dpi: int = 150,
     title: str | None = None,
 ) -> Figure:
     """Draw the input-resampling paper's comparison of neurons chosen by correlation and by precision.
 
-    Left, the image; in the middle, one row per scored layer with its top-``k`` neurons by
-    correlation and its top-``k`` by precision, each drawn as its activation map (from a
-    forward pass of the unperturbed image) over the image, with a red frame on the neurons
-    both metrics select; right,
-    every channel's correlation against its precision (log scale, ``+inf`` at the top edge,
-    NaN left out). A line below gives the target class and the overlap of the two
+    Drawn from data only (``nv.render_scores(scores, model, x)`` computes the maps with one
+    forward pass and calls this). Left, the image; in the middle, one row per scored layer
+    with its top-``k`` neurons by correlation and its top-``k`` by precision, each drawn as its
+    activation map over the image, with a red frame on the neurons both metrics select;
+    right, every channel's correlation against its precision (log scale, ``+inf`` at the top
+    edge, NaN left out). A line below gives the target class and the overlap of the two
     selections (the paper's measure, at most 0.5).
 
     Parameters
     ----------
     scores : NeuronScores
         Per-channel scores from :func:`neuronviz.score_neurons` (``per_unit=False``).
-    model : torch.nn.Module
-        The scored network; one forward pass of ``x`` gives the maps.
-    x : torch.Tensor
-        The scored image, (1, C, H, W) or (C, H, W), normalised as the model expects.
+    maps : dict of str to torch.Tensor
+        Per scored layer, the (C, h, w) activation maps of the unperturbed image (a (C, 1, 1)
+        map for a layer without positions).
+    image : numpy.ndarray
+        (H, W, 3) float image in [0, 1] to draw on.
+    n_classes : int, optional
+        The model's number of classes (1000 names the ImageNet class in the caption).
     k : int
         Neurons per layer and metric (fewer are drawn where a layer has fewer valid scores).
-    image : numpy.ndarray, optional
-        (H, W, 3) float image in [0, 1] to draw on; default ``neuronviz.data.deprocess(x)``.
     path : str or pathlib.Path, optional
         Also save the figure there; the suffix (``.png``, ``.svg`` or ``.pdf``) sets the format.
     dpi : int
@@ -271,30 +301,16 @@ def render_scores(
 
     Raises
     ------
-    ValueError
-        Per-unit scores, ``k < 1``, an unsupported file suffix, a malformed ``image``, or maps
-        whose channel counts do not match the scores (another model or layer).
     NeuronvizError
-        Bad ``x`` or a layer the model does not have.
+        Per-unit scores, ``k < 1``, an unsupported file suffix, a malformed ``image``, or maps
+        missing a layer or whose channel counts do not match the scores (another model or layer).
     """
-    if scores.per_unit:
-        raise ValueError(
-            "render_scores draws per-channel scores, but these were computed with per_unit=True; "
-            "score again with score_neurons(..., per_unit=False)"
-        )
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    path = check_path(path)  # before any work: a bad name should fail fast
-
-    maps, output = forward_maps(model, x, scores.layers)
+    path = check_score_figure(scores, k, path)
+    missing = [layer for layer in scores.layers if layer not in maps]
+    if missing:
+        raise NeuronvizError(f"no maps of the scored layer(s) {missing}: give the maps of every layer in scores.layers")
     _check_maps_match(maps, scores)
-    n_classes = output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() == 2 else None
-    if image is None:
-        from ..data import deprocess  # lazy: keeps this module free of data-file imports at load time
-
-        image = deprocess(x)
     img = check_display_image(image)
-
     top_c, top_p = scores.top("correlation", k), scores.top("precision", k)
     both = {layer: set(top_c[layer]) & set(top_p[layer]) for layer in scores.layers}
     ov = overlap(top_c, top_p)
@@ -304,7 +320,7 @@ def render_scores(
     grid_w, height = k * cell + 0.5, max(3.8, n_rows * (cell + 0.45) + 1.3)
     widths = [2.6, grid_w, grid_w, 5.6]
     fig = StaticFigure(figsize=(sum(widths), height), dpi=dpi, layout="constrained")
-    sf_img, sf_corr, sf_prec, sf_sc = fig.subfigures(1, 4, width_ratios=widths, wspace=0.01)
+    sf_img, sf_corr, sf_prec, sf_sc = fig.subfigures(1, 4, width_ratios=widths, wspace=0.01)  # type: ignore[misc]
 
     _draw_image(sf_img, img)
     _draw_metric_grid(sf_corr, scores, "correlation", top_c, both, maps, img, k)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import base64
 import io
+import math
 import pathlib
 import sys
 import types
@@ -12,6 +13,7 @@ import types
 import numpy as np
 import pytest
 import torch
+from explorer_nets import gated_cnn, image
 from PIL import Image
 from torch import nn
 
@@ -19,8 +21,6 @@ import neuronviz as nv
 from neuronviz.core.perturb import AdditiveGaussian, MultiplicativeGaussian
 from neuronviz.widgets import NeuronExplorer, colab
 from neuronviz.widgets.explorer import default_layers
-
-from explorer_nets import gated_cnn, image
 
 LAYERS = ["conv1", "conv2"]
 
@@ -89,10 +89,11 @@ def test_changing_sliders_recomputes_only_on_run_with_the_new_settings(net, x, s
     w = finished(net, x)
     before = w.scores
     snap = snapshot(net)
-    w.controls.n_samples.value = 9
-    w.controls.seed.value = 5
-    w.controls.kind.value = "additive"
-    w.controls.strength.value = 0.25
+    w.controls["n_samples"].value = 9
+    w.controls["seed"].value = 5
+    w.controls["perturbation"].value = "additive"
+    assert w.strength == 0.5 and w.controls["strength"].max == 3.0  # the family's default and range
+    w.controls["strength"].value = 0.25
     assert w.scores is before and w.status == "done"  # nothing ran yet
     assert "press Run" in w.run_bar.status.value
     w.run_bar.run_button.click()
@@ -117,6 +118,47 @@ def test_python_settings_and_target_reach_the_next_run(net, x):
     assert_scores_equal(w.scores, direct)
     assert w.scores.target == other
     assert w.selected[0] == "conv2"  # the old selection's layer is gone: a neuron of the new layers
+
+
+def test_constructor_and_first_run_cost_one_probe_pass_and_the_scoring_passes(net, x, snapshot):
+    snap = snapshot(net)
+    batches = []
+    handle = net.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        w = NeuronExplorer(net, x, LAYERS, n_samples=40)  # default target and strip: nothing given
+        w.wait(60)
+    finally:
+        handle.remove()
+    assert w.status == "done", w.error
+    assert batches[0] == 1 and sum(batches[1:]) == 40  # the probe, then every copy once
+    assert len(batches) == 1 + math.ceil(40 / max(batches[1:]))
+    snap.assert_unchanged()
+
+
+def test_the_strip_shows_the_copies_with_their_own_maps(net, x):
+    w = finished(net, x, n_samples=9)
+    indices = w.detail.sample_indices
+    assert indices[0] == 0 and indices[-1] == 8 and len(indices) == 5
+    copies = w.scores.perturbation.sample(x, indices, seed=w.seed)
+    for j in range(len(indices)):
+        expected = clean_map(net, copies[j : j + 1], "conv2", 1)  # a plain forward hook on that copy
+        torch.testing.assert_close(w.detail.sample_maps["conv2"][j, 1], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.detail.sample_maps["conv2"][0], w.snapshot().maps["conv2"])  # copy 0: the image
+
+
+def test_the_channels_left_out_of_precision_are_counted_in_the_widget(x):
+    net = gated_cnn()
+    with torch.no_grad():
+        net.conv1.bias[0] = -100.0  # relu1's channel 0 never fires: planted dead
+    w = NeuronExplorer(net, x, ["relu1", "relu2"], n_samples=6)
+    w.wait(60)
+    means = w.scores.channel_means["relu1"].double().mean(0)  # mean over copies of the position means
+    n = int((means < 0.1).sum())  # the paper's rule on a layer that is never negative
+    assert n >= 1
+    assert f"relu1 {n} of 6 (mean activation under 0.1" in w.lists.excluded.value
+    assert "nv-excluded" in w.lists.excluded._dom_classes
+    w.selected = ("relu1", 0)
+    assert "left out of the precision selection" in w.selected_info.value
 
 
 def test_autorun_false_waits_for_run(net, x):
@@ -179,8 +221,8 @@ def test_the_scatter_holds_one_point_per_channel_first(net, x):
     assert fig.marks[0] is w.scatter.points_mark
     assert len(fig.marks[0].x) == len(fig.marks[0].y) == 6 + 4
     assert "nv-scatter" in fig._dom_classes and "nv-detail" in w.detail.figure._dom_classes
-    finite = np.isfinite(np.concatenate([w.scores.precision[l].numpy() for l in LAYERS]))
-    prec = np.concatenate([w.scores.precision[l].numpy() for l in LAYERS])
+    finite = np.isfinite(np.concatenate([w.scores.precision[layer].numpy() for layer in LAYERS]))
+    prec = np.concatenate([w.scores.precision[layer].numpy() for layer in LAYERS])
     np.testing.assert_allclose(fig.marks[0].y[finite], prec[finite], rtol=1e-6)
 
 
@@ -203,15 +245,17 @@ def test_picking_in_a_list_and_brushing_select_neurons(net, x):
 
 def test_top_k_applies_at_once_to_lists_and_marks(net, x):
     w = finished(net, x, top_k=3)
-    runs = w._worker.latest
+    before = w.scores
     w.top_k = 1
-    assert w._worker.latest is runs  # no new run
+    assert w.status == "done" and w.scores is before  # no new run
+    assert "press Run" not in w.run_bar.status.value
     for layer in LAYERS:
         for metric in ("correlation", "precision"):
             assert [v for _l, v in w.lists.lists[(layer, metric)].options] == w.scores.top(metric, 1)[layer]
     n_c = sum(len(v) for v in w.scores.top("correlation", 1).values())
     assert len(w.scatter.top_c_mark.x) == n_c
-    both = sum(len(set(w.scores.top("correlation", 1)[l]) & set(w.scores.top("precision", 1)[l])) for l in LAYERS)
+    top_c, top_p = w.scores.top("correlation", 1), w.scores.top("precision", 1)
+    both = sum(len(set(top_c[layer]) & set(top_p[layer])) for layer in LAYERS)
     assert len(w.scatter.both_mark.x) == both
 
 
@@ -224,48 +268,8 @@ def test_an_invalid_selection_raises_a_clear_error(net, x, bad):
     assert w.selected == keep
 
 
-# ------------------------------------------------------------------------------ cancel, stale runs, errors
-
-
-def test_cancel_leaves_the_previous_scores_and_the_model_untouched(net, x, snapshot):
-    w = finished(net, x)
-    before, selected = w.scores, w.selected
-    snap = snapshot(net)
-    net.gate.close()
-    w.seed = 9
-    w.run()
-    assert net.gate.entered.wait(20)  # the run is inside a forward pass now
-    w.run_bar.cancel_button.click()
-    net.gate.open()
-    w.wait(60)
-    assert w.status == "cancelled"
-    assert w.scores is before and w.selected == selected
-    assert "cancelled" in w.run_bar.status.value
-    snap.assert_unchanged()
-
-
-def test_a_newer_run_supersedes_the_running_one(net, x):
-    applied = []
-
-    class Recording(NeuronExplorer):
-        def _apply(self, result):
-            applied.append(result.settings.seed)
-            super()._apply(result)
-
-    w = Recording(net, x, LAYERS, n_samples=6, autorun=False)
-    net.gate.close()
-    w.seed = 1
-    first = w.run()
-    assert net.gate.entered.wait(20)
-    w.seed = 2
-    second = w.run()
-    net.gate.open()
-    w.wait(60)
-    assert applied == [2]
-    assert first.state == "cancelled" and second.state == "done"
-    assert w.scores.seed == 2
-    direct = nv.score_neurons(net, x, LAYERS, n_samples=6, seed=2, keep_channel_means=True)
-    assert_scores_equal(w.scores, direct)
+# ------------------------------------------------------------------------------ errors
+# (cancel, stale runs and the rest every view shares: tests/widgets/test_view_contract.py)
 
 
 class RefusesBatches(nn.Module):
@@ -295,8 +299,8 @@ def test_an_error_in_the_run_is_shown_and_kept(x, snapshot):
 
 def test_a_bad_export_name_from_the_button_shows_in_the_error_area(net, x):
     w = finished(net, x)
-    w.export_path.value = "figure.jpg"
-    w.export_button.click()
+    w.exporter.path.value = "figure.jpg"
+    w.exporter.button.click()
     assert ".png" in w.error and "figure.jpg" in w.run_bar.error.value
 
 
@@ -325,10 +329,14 @@ def test_a_typo_in_a_layer_name_suggests_the_right_one(net, x):
         NeuronExplorer(net, x, ["conv_2"], autorun=False)
 
 
-def test_default_layers_are_the_last_two_convolutions(net, x):
+def test_default_layers_are_the_activations_after_the_convolutions(net, x):
     w = NeuronExplorer(net, x, autorun=False)
-    assert w.layers == ["conv1", "conv2"]
-    assert default_layers(net, nv.layer_summary(net, x)) == ["conv1", "conv2"]
+    assert w.layers == ["relu1", "relu2"]  # post-ReLU maps, as the paper scored them
+    assert default_layers(net, nv.layer_summary(net, x)) == ["relu1", "relu2"]
+
+
+def test_the_default_number_of_copies_is_the_papers(net, x):
+    assert NeuronExplorer(net, x, LAYERS, autorun=False).n_samples == 50
 
 
 # ------------------------------------------------------------------------------ display
@@ -352,13 +360,15 @@ def test_dom_classes_for_browser_tests(net, x):
         "nv-explorer": w, "nv-run": w.run_bar.run_button, "nv-cancel": w.run_bar.cancel_button,
         "nv-progress": w.run_bar.progress, "nv-status": w.run_bar.status, "nv-error": w.run_bar.error,
         "nv-overlay": w.overlay.picture, "nv-scatter": w.scatter.figure, "nv-detail": w.detail.figure,
-        "nv-selections": w.lists.widget, "nv-samples": w.controls.n_samples, "nv-seed": w.controls.seed,
-        "nv-strength": w.controls.strength, "nv-topk": w.controls.top_k, "nv-export": w.export_button,
-        "nv-selected": w.selected_label,
+        "nv-selections": w.lists.widget, "nv-samples": w.controls["n_samples"], "nv-seed": w.controls["seed"],
+        "nv-strength": w.controls["strength"], "nv-topk": w.controls["top_k"], "nv-export": w.exporter.button,
+        "nv-selected": w.selected_label, "nv-kind": w.controls["perturbation"], "nv-layers": w.controls["layers"],
+        "nv-target": w.controls["target"], "nv-device": w.controls["device"], "nv-export-scores": w.scores_button,
     }
     for css, widget in classes.items():
         assert css in widget._dom_classes, css
-    assert not w.controls.n_samples.continuous_update and not w.controls.strength.continuous_update
+    assert not w.controls["n_samples"].continuous_update and not w.controls["strength"].continuous_update
+    assert w.controls["n_samples"].max >= 512
 
 
 def test_colab_widget_manager_is_enabled_once_only_in_colab(monkeypatch):
@@ -399,7 +409,7 @@ def test_a_model_that_is_not_a_classifier_is_refused_early(x):
 
 
 def test_image_display_is_drawn_on_and_copies_are_shown_in_its_colours(net):
-    from neuronviz.widgets.explorer import _resize
+    from neuronviz.widgets.pictures import resize
 
     rng = np.random.default_rng(3)
     picture = rng.random((16, 16, 3)).astype(np.float32)
@@ -409,4 +419,4 @@ def test_image_display_is_drawn_on_and_copies_are_shown_in_its_colours(net):
     w.wait(60)
     assert w.image.shape == (224, 224, 3)
     # copy 0 is the clean image: mapped back through the picture's channel ranges it is the picture
-    np.testing.assert_allclose(w.detail.samples[0], _resize(picture, 112), atol=0.01)
+    np.testing.assert_allclose(w.detail.samples[0], resize(picture, 112), atol=0.01)

@@ -8,11 +8,10 @@ import math
 import xml.etree.ElementTree as ET
 
 import pytest
+from explorer_nets import gated_cnn, image
 
 import neuronviz as nv
 from neuronviz.widgets import NeuronExplorer
-
-from explorer_nets import gated_cnn, image
 
 LAYERS = ["conv1", "conv2"]
 
@@ -64,10 +63,18 @@ def test_export_refuses_other_suffixes_and_early_calls(w, tmp_path):
 
 
 def test_the_export_button_writes_the_named_file(w, tmp_path):
-    w.export_path.value = str(tmp_path / "button.svg")
-    w.export_button.click()
+    w.exporter.path.value = str(tmp_path / "button.svg")
+    w.exporter.button.click()
     assert (tmp_path / "button.svg").exists()
-    assert "button.svg" in w.export_message.value
+    assert "button.svg" in w.exporter.message.value
+
+
+def test_the_scores_button_writes_csv_beside_the_named_file(w, tmp_path):
+    w.exporter.path.value = str(tmp_path / "named.png")
+    w.scores_button.click()
+    with (tmp_path / "named.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 6 + 4
+    assert "named.csv" in w.exporter.message.value
 
 
 def _expected_rows(scores: nv.NeuronScores, k: int):

@@ -5,8 +5,13 @@ plain data it is given and reports a user's pick through a callback. Panels neve
 and never start work: a view (:class:`neuronviz.widgets.view.View`) computes and feeds them.
 """
 
+from .detail import NeuronDetail
 from .export import ExportRow
 from .overlay import OverlayPanel
 from .runbar import RunBar
+from .scatter import NeuronScatter, scatter_positions
+from .selections import SelectionLists
 
-__all__ = ["ExportRow", "OverlayPanel", "RunBar"]
+__all__ = [
+    "ExportRow", "NeuronDetail", "NeuronScatter", "OverlayPanel", "RunBar", "SelectionLists", "scatter_positions",
+]

@@ -1,0 +1,123 @@
+"""Figures of results in one call: what a figure needs from the model is computed here, then drawn from data.
+
+The renderers in :mod:`neuronviz.render` never run a model; this module runs the one forward
+pass a figure needs (the activation maps of the unperturbed image) and hands the data to them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from .core.capture import ActivationCapture, resolve_layers
+from .core.locks import hold_model
+from .core.model_state import model_device, preserved_state
+from .core.validation import check_image, forward_checked
+from .methods.resampling import NeuronScores
+from .render.resampling import check_score_figure, render_score_maps
+
+__all__ = ["clean_maps", "render_scores"]
+
+
+def clean_maps(
+    model: nn.Module, x: torch.Tensor, layers: str | Sequence[str]
+) -> tuple[dict[str, torch.Tensor], object]:
+    """The activation maps of ``layers`` on the unperturbed image, from one forward pass.
+
+    Eval mode under ``torch.no_grad()``; the model's modes, flags and hooks are as before afterwards.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    x : torch.Tensor
+        The image, (1, C, H, W) or (C, H, W), normalised as the model expects.
+    layers : str or sequence of str
+        Layer names.
+
+    Returns
+    -------
+    maps : dict of str to torch.Tensor
+        Per layer, a (C, h, w) float32 CPU tensor; a (N, F) layer gives (F, 1, 1).
+    output : object
+        What the model returned.
+
+    Raises
+    ------
+    NeuronvizError
+        Bad image, unknown layer (closest names suggested) or input the model refuses.
+    """
+    x = check_image(x, model)
+    names = list(resolve_layers(model, layers))
+    with preserved_state(model), torch.no_grad(), ActivationCapture(model, names) as rec:
+        model.eval()
+        output = forward_checked(model, x.to(model_device(model)))
+        acts = rec.outputs()
+    maps = {}
+    for name in names:
+        a = acts[name][0].float().cpu()
+        maps[name] = a.reshape(a.shape[0], -1, a.shape[-1]) if a.dim() > 1 else a.reshape(-1, 1, 1)
+    return maps, output
+
+
+def render_scores(
+    scores: NeuronScores,
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    k: int = 3,
+    image: np.ndarray | None = None,
+    path: str | Path | None = None,
+    dpi: int = 150,
+    title: str | None = None,
+) -> Figure:
+    """Draw the input-resampling paper's comparison of neurons chosen by correlation and by precision.
+
+    One forward pass of ``x`` gives the activation maps; the figure is then drawn from data by
+    :func:`neuronviz.render.resampling.render_score_maps` (see there for what it shows).
+
+    Parameters
+    ----------
+    scores : NeuronScores
+        Per-channel scores from :func:`neuronviz.score_neurons` (``per_unit=False``).
+    model : torch.nn.Module
+        The scored network.
+    x : torch.Tensor
+        The scored image, (1, C, H, W) or (C, H, W), normalised as the model expects.
+    k : int
+        Neurons per layer and metric (fewer are drawn where a layer has fewer valid scores).
+    image : numpy.ndarray, optional
+        (H, W, 3) float image in [0, 1] to draw on; default ``neuronviz.data.deprocess(x)``.
+    path : str or pathlib.Path, optional
+        Also save the figure there; the suffix (``.png``, ``.svg`` or ``.pdf``) sets the format.
+    dpi : int
+        Resolution of a saved PNG (and of the images embedded in SVG and PDF).
+    title : str, optional
+        Heading of the figure; a default names the method and ``k``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        A figure not registered with ``pyplot``; display it in Jupyter or save it again.
+
+    Raises
+    ------
+    NeuronvizError
+        Per-unit scores, ``k < 1``, an unsupported file suffix (all before the forward pass),
+        a malformed ``image``, maps whose channel counts do not match the scores (another model
+        or layer), bad ``x`` or a layer the model does not have.
+    """
+    check_score_figure(scores, k, path)  # a bad request fails before the forward pass
+    with hold_model(model):  # views running this model in the background take turns with it
+        maps, output = clean_maps(model, x, scores.layers)
+    n_classes = output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() == 2 else None
+    if image is None:
+        from .data import deprocess
+
+        image = deprocess(x)
+    return render_score_maps(scores, maps, image, n_classes=n_classes, k=k, path=path, dpi=dpi, title=title)
