@@ -113,7 +113,7 @@ def _record(
     note = {name: (lambda m, a, o, name=name: finished.append(name)) for name, _ in model.named_modules() if name}
     with preserved_state(model), torch.no_grad():
         model.eval()
-        with hooks(model, note if order else {}), ActivationCapture(model, layers) as rec:
+        with hooks(model, note if order else {}), ActivationCapture(model, layers, layout="auto") as rec:
             forward_checked(model, x.to(model_device(model)))
             acts = rec.outputs()
     return {name: acts[name][0] for name in layers}, finished

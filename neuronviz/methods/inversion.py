@@ -842,7 +842,7 @@ def _authors_recipe(model: nn.Module, x: torch.Tensor, target: object, targets: 
             param.requires_grad_(False)
         x = x.to(dev).clone()
         _, _, height, width = x.shape
-        with torch.no_grad(), ActivationCapture(model, [mask_layer, feature_layer]) as rec:
+        with torch.no_grad(), ActivationCapture(model, [mask_layer, feature_layer], layout="auto") as rec:
             clean = check_class_output(forward_checked(model, x))
             feats = rec[mask_layer]
             ref = rec[feature_layer]

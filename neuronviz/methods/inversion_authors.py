@@ -124,7 +124,7 @@ def run_authors_loop(
 
     w1 = w.detach().clone()
     # the feature layer's recording (a copy) stays attached to the graph: stage 1's gradient flows through it
-    with ActivationCapture(model, layer, keep_graph=True) as record:
+    with ActivationCapture(model, layer, keep_graph=True, layout="auto") as record:
         for i in range(total):
             mask = authors_mask(w, feats, (height, width))
             keep = x * mask + background * (1 - mask)

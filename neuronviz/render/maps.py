@@ -50,7 +50,8 @@ def batch_maps(model: nn.Module, images: torch.Tensor, layer: str) -> tuple[torc
 
 def _record(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str]) -> tuple[dict[str, torch.Tensor], object]:
     names = list(resolve_layers(model, layers))
-    with preserved_state(model), torch.no_grad(), ActivationCapture(model, names) as rec:
+    # channels first whatever the layer's layout, as the scores index them (Swin stages, ViT tokens)
+    with preserved_state(model), torch.no_grad(), ActivationCapture(model, names, layout="auto") as rec:
         model.eval()
         out = forward_checked(model, x.to(model_device(model)))
         acts = rec.outputs()
