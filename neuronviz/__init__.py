@@ -21,7 +21,7 @@ from .models import default_model, digits_model
 from .figures import render_scores
 from .render.inversion import render_inversion
 from .render.faithfulness import render_faithfulness
-from .render.pcace import render_layer_ranking, render_pcace
+from .figures import render_layer_ranking, render_pcace
 from .widgets import App, InversionView, NeuronExplorer, PCACEView, app, demo
 
 __version__ = "0.1.0"

@@ -15,13 +15,17 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from .core.capture import ActivationCapture, resolve_layers
+from .core.errors import NeuronvizError
 from .core.locks import hold_model
 from .core.model_state import model_device, preserved_state
-from .core.validation import check_image, forward_checked
+from .core.validation import check_batch, check_image, forward_checked
+from .methods.pcace import PCACEScores, shown_maps
 from .methods.resampling import NeuronScores
+from .render.figure import check_path
+from .render.pcace import display_images, render_layer_ranking, render_pcace_maps
 from .render.resampling import check_score_figure, render_score_maps
 
-__all__ = ["clean_maps", "render_scores"]
+__all__ = ["clean_maps", "render_scores", "render_pcace", "render_layer_ranking"]
 
 
 def clean_maps(
@@ -121,3 +125,62 @@ def render_scores(
 
         image = deprocess(x)
     return render_score_maps(scores, maps, image, n_classes=n_classes, k=k, path=path, dpi=dpi, title=title)
+
+
+def render_pcace(
+    result: PCACEScores,
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    k: int = 3,
+    n_images: int = 3,
+    path: str | Path | None = None,
+    dpi: int = 150,
+) -> Figure:
+    """Draw a layer's PCACE scores and the maps of its top-``k`` and bottom-``k`` channels.
+
+    One forward pass of the first ``n_images`` images gives the maps
+    (:func:`neuronviz.methods.pcace.shown_maps`); the figure is then drawn from data by
+    :func:`neuronviz.render.pcace.render_pcace_maps`: left, every channel's score in rank order
+    with the top and bottom channels marked; right, one row per image: the image, then the maps
+    of the top channels (green titles) and of the bottom channels (grey titles) over it.
+    (:func:`neuronviz.render_layer_ranking` needs no model: it draws the ranking alone.)
+
+    Parameters
+    ----------
+    result : PCACEScores
+        From :func:`neuronviz.pcace`.
+    model : torch.nn.Module
+        The ranked network.
+    images : torch.Tensor
+        (N, C, H, W) images as the model takes them; the first ``n_images`` are drawn.
+    k : int
+        Top and bottom channels shown.
+    n_images : int
+        Rows of images.
+    path : str or pathlib.Path, optional
+        Also save the figure there (``.png``, ``.svg`` or ``.pdf``).
+    dpi : int
+        Resolution of a saved PNG.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    NeuronvizError
+        ``k`` or ``n_images`` below 1, an unsupported suffix (both before the forward pass), bad
+        images, or a layer whose channel count on ``model`` does not match the scores.
+    """
+    if not isinstance(result, PCACEScores):
+        raise NeuronvizError(f"result must be the PCACEScores of nv.pcace, got {type(result).__name__}")
+    for name, value in (("k", k), ("n_images", n_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise NeuronvizError(f"{name} must be an integer >= 1, got {value!r}")
+    path = check_path(path)
+    shown = check_batch(images, model, what="images")[:n_images]
+    maps, output = shown_maps(model, shown, [result.layer])
+    n_classes = output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() == 2 else None
+    return render_pcace_maps(result, maps[result.layer], display_images(shown.detach().cpu()), k=k,
+                             n_classes=n_classes, path=path, dpi=dpi)

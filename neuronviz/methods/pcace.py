@@ -24,7 +24,8 @@ from ..core.batching import default_batch_size
 from ..core.capture import ActivationCapture, resolve_layers
 from ..core.distributed import Ranks, all_reduce_covariance, shard, use_distributed
 from ..core.errors import NeuronvizError
-from ..core.model_state import on_device, preserved_state, resolve_device
+from ..core.locks import hold_model
+from ..core.model_state import model_device, on_device, preserved_state, resolve_device
 from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.stats import PositionCovariance
 from ..core.streams import RowBuffer, check_reiterable, count_hint, is_batch_stream, iter_batches
@@ -32,7 +33,10 @@ from ..core.targets import TargetSpec, resolve_target
 from ..core.validation import check_batch, forward_checked
 from .ace import ace_batch
 
-__all__ = ["PCACEScores", "LayerRanking", "pcace", "rank_layers", "channel_components", "project", "MIN_IMAGES"]
+__all__ = [
+    "PCACEScores", "LayerRanking", "pcace", "rank_layers", "channel_components", "project", "MIN_IMAGES",
+    "shown_maps", "mean_probabilities",
+]
 
 #: Fewer images than this make ACE's smoothers meaningless: refused.
 MIN_IMAGES = 20
@@ -858,3 +862,87 @@ def rank_layers(
     for name in names:
         results[name] = _finish(chunks.pop(name), y, name, cls, n_components, variant, dev)  # free as we go
     return LayerRanking(results, k)
+
+
+# -- what the PCACE figures and view draw: the maps of a few images, the classes over the set ----
+
+
+def shown_maps(
+    model: nn.Module, images: torch.Tensor, layers: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], object]:
+    """One clean forward pass of a few images: every layer's maps, to draw, and the model output.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (eval mode, no gradients; modes, flags and hooks restored).
+    images : torch.Tensor
+        (n, C, H, W) images as the model takes them (a few: the maps are kept).
+    layers : sequence of str
+        The layers.
+
+    Returns
+    -------
+    maps : dict of str to torch.Tensor
+        Per layer, (n, C, h, w) float32 maps on the CPU in the channel order PCACE ranks; an
+        (n, F) layer gives (n, F, 1, 1), an (n, C, L) one (n, C, 1, L).
+    output : object
+        What the model returned.
+
+    Raises
+    ------
+    NeuronvizError
+        Bad images, an unknown layer, or a layer that did not run.
+    """
+    names = list(resolve_layers(model, layers))
+    x = check_batch(images, model, what="images")
+    with hold_model(model), preserved_state(model), torch.no_grad(), ActivationCapture(
+        model, names, layout="auto"
+    ) as rec:
+        model.eval()
+        out = forward_checked(model, x.to(model_device(model)))
+        acts = rec.outputs()
+    return {name: _drawable(acts[name].float().cpu()) for name in names}, out
+
+
+def _drawable(a: torch.Tensor) -> torch.Tensor:
+    """(n, C, ...) activations as (n, C, h, w) maps."""
+    if a.dim() == 2:
+        return a[:, :, None, None]
+    if a.dim() == 3:
+        return a[:, :, None, :]
+    return a.reshape(a.shape[0], a.shape[1], -1, a.shape[-1])
+
+
+def mean_probabilities(model: nn.Module, images: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
+    """The softmax class probabilities of a classifier averaged over ``images`` (PCACE's default target).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A classifier returning (N, classes) scores (eval mode, no gradients; restored).
+    images : torch.Tensor
+        (N, C, H, W) images as the model takes them.
+    batch_size : int
+        Images per forward pass (>= 1).
+
+    Returns
+    -------
+    torch.Tensor
+        (classes,) float64 on the CPU, summing to 1.
+
+    Raises
+    ------
+    NeuronvizError
+        Bad images, or an output that is not (N, classes) scores.
+    """
+    from ..core.targets import check_class_output
+
+    images = check_batch(images, model, what="images")
+    dev, sums = model_device(model), []
+    with hold_model(model), preserved_state(model), torch.no_grad():
+        model.eval()
+        for lo in range(0, images.shape[0], batch_size):
+            out = check_class_output(forward_checked(model, images[lo : lo + batch_size].to(dev)))
+            sums.append(torch.softmax(out.double(), dim=1).sum(0).cpu())
+    return torch.stack(sums).sum(0) / images.shape[0]

@@ -1,4 +1,8 @@
-"""PCACE figures: a layer's channel scores with its top and bottom channels' maps, and layers ranked."""
+"""PCACE figures, drawn from data: a layer's channel scores with its top and bottom channels' maps, and layers ranked.
+
+Nothing here runs a model: the maps come with the call (:func:`neuronviz.methods.pcace.shown_maps`
+computes them, once; :func:`neuronviz.render_pcace` does both for a script).
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from torch import nn
 
+from ..core.errors import NeuronvizError
 from ..methods.pcace import LayerRanking, PCACEScores
 from .figure import FONT_SIZES, StaticFigure, check_path, class_label, save
-from .maps import batch_maps, upsample_map
+from .formatting import format_score
+from .maps import upsample_map
 
-__all__ = ["render_pcace", "render_layer_ranking", "display_images"]
+__all__ = ["render_pcace_maps", "render_layer_ranking", "display_images", "TOP_COLOUR", "BOTTOM_COLOUR"]
 
-_TOP, _BOTTOM = "#2ca02c", "#7f7f7f"
+#: Colours of the top and of the bottom channels, in the figures and in the view's bars.
+TOP_COLOUR, BOTTOM_COLOUR = "#2ca02c", "#7f7f7f"
 
 
 def display_images(images: torch.Tensor) -> np.ndarray:
@@ -45,34 +51,35 @@ def display_images(images: torch.Tensor) -> np.ndarray:
     return grey.unsqueeze(-1).expand(-1, -1, -1, 3).cpu().numpy()
 
 
-def render_pcace(
+def render_pcace_maps(
     result: PCACEScores,
-    model: nn.Module,
-    images: torch.Tensor,
+    maps: torch.Tensor,
+    pictures: np.ndarray,
     *,
     k: int = 3,
-    n_images: int = 3,
+    n_classes: int | None = None,
     path: str | Path | None = None,
     dpi: int = 150,
 ) -> Figure:
-    """Draw a layer's PCACE scores and the maps of its top-``k`` and bottom-``k`` channels.
+    """Draw a layer's PCACE scores and the given maps of its top-``k`` and bottom-``k`` channels.
 
     Left, every channel's score in rank order with the top and bottom channels marked;
-    right, one row per image (the first ``n_images``): the image, then the activation maps
-    of the top channels (green titles) and of the bottom channels (grey titles) over it.
+    right, one row per picture: the picture, then the activation maps of the top channels
+    (green titles) and of the bottom channels (grey titles) over it.
 
     Parameters
     ----------
     result : PCACEScores
         From :func:`neuronviz.pcace`.
-    model : torch.nn.Module
-        The ranked network (one forward pass of the shown images gives the maps).
-    images : torch.Tensor
-        (N, C, H, W) images as the model takes them; the first ``n_images`` are drawn.
+    maps : torch.Tensor
+        (n, C, h, w) maps of the layer over the ``n`` pictures (e.g. from
+        :func:`neuronviz.methods.pcace.shown_maps`).
+    pictures : numpy.ndarray
+        (n, H, W, 3) floats in [0, 1], the images as drawn (:func:`display_images`).
     k : int
         Top and bottom channels shown.
-    n_images : int
-        Rows of images.
+    n_classes : int, optional
+        The model's number of classes (1000 names the ImageNet class in the title).
     path : str or pathlib.Path, optional
         Also save the figure there (``.png``, ``.svg`` or ``.pdf``).
     dpi : int
@@ -84,34 +91,36 @@ def render_pcace(
 
     Raises
     ------
-    ValueError
-        ``k`` or ``n_images`` below 1, an unsupported suffix, or maps whose channel count
-        does not match the scores.
+    NeuronvizError
+        ``k`` below 1, no picture, an unsupported suffix, or maps whose channel or picture count
+        does not match the scores and pictures.
     """
-    if k < 1 or n_images < 1:
-        raise ValueError(f"k and n_images must be >= 1, got {k}, {n_images}")
     path = check_path(path)
-    shown = images[:n_images]
-    maps, output = batch_maps(model, shown, result.layer)
-    n_classes = output.shape[-1] if isinstance(output, torch.Tensor) and output.dim() == 2 else None
-    if maps.shape[1] != result.scores.numel():
-        raise ValueError(
-            f"layer {result.layer!r} has {maps.shape[1]} channels on this model but the scores have "
-            f"{result.scores.numel()}: render with the model that was ranked"
+    if k < 1:
+        raise NeuronvizError(f"k must be >= 1, got {k}")
+    if maps.dim() != 4 or maps.shape[1] != result.scores.numel():
+        raise NeuronvizError(
+            f"layer {result.layer!r} has maps of shape {tuple(maps.shape)} but the scores have "
+            f"{result.scores.numel()} channels: draw with the maps of the model that was ranked"
         )
-    pictures = display_images(shown)
+    if len(pictures) < 1 or len(pictures) != maps.shape[0]:
+        raise NeuronvizError(
+            f"{maps.shape[0]} maps but {len(pictures)} pictures; give one picture per map (at least one)"
+        )
     k = min(k, result.scores.numel())
     top, bottom = result.top(k), result.bottom(k)
 
     cols = 1 + 2 * k
-    fig = StaticFigure(figsize=(4.2 + 1.35 * cols, max(3.2, 1.35 * len(shown) + 0.9)), dpi=dpi, layout="constrained")
-    left, right = fig.subfigures(1, 2, width_ratios=[4.2, 1.35 * cols], wspace=0.02)
+    fig = StaticFigure(figsize=(4.2 + 1.35 * cols, max(3.2, 1.35 * len(pictures) + 0.9)), dpi=dpi,
+                       layout="constrained")
+    left, right = np.asarray(fig.subfigures(1, 2, width_ratios=[4.2, 1.35 * cols], wspace=0.02)).ravel()
 
     ax = left.subplots()
     ranked = result.scores[result.ranking].numpy()
     ax.plot(np.arange(len(ranked)), ranked, color="0.3", lw=1.2)
-    ax.scatter(np.arange(k), ranked[:k], color=_TOP, zorder=3, label=f"top {k}")
-    ax.scatter(np.arange(len(ranked) - k, len(ranked)), ranked[-k:], color=_BOTTOM, zorder=3, label=f"bottom {k}")
+    ax.scatter(np.arange(k), ranked[:k], color=TOP_COLOUR, zorder=3, label=f"top {k}")
+    ax.scatter(np.arange(len(ranked) - k, len(ranked)), ranked[-k:], color=BOTTOM_COLOUR, zorder=3,
+               label=f"bottom {k}")
     ax.set_xlabel("channels, by rank", fontsize=FONT_SIZES["label"])
     ax.set_ylabel("PCACE score (maximal correlation)", fontsize=FONT_SIZES["label"])
     ax.set_ylim(0, 1.02)
@@ -119,25 +128,26 @@ def render_pcace(
     ax.legend(fontsize=FONT_SIZES["cell"])
     ax.set_title(f"{result.layer}: {result.scores.numel()} channels", fontsize=FONT_SIZES["head"])
 
-    axes = np.atleast_2d(right.subplots(len(shown), cols))
+    axes = np.atleast_2d(right.subplots(len(pictures), cols))
+    columns = [(c, TOP_COLOUR) for c in top] + [(c, BOTTOM_COLOUR) for c in bottom]
     for row, (picture, amaps) in enumerate(zip(pictures, maps)):
         axes[row, 0].imshow(picture, interpolation="nearest")
-        for col, (channel, colour) in enumerate([(c, _TOP) for c in top] + [(c, _BOTTOM) for c in bottom], start=1):
+        for col, (channel, colour) in enumerate(columns, start=1):
             a = axes[row, col]
             a.imshow(picture, interpolation="nearest")
             a.imshow(upsample_map(amaps[channel], picture.shape[:2]), cmap="jet", alpha=0.55, vmin=0, vmax=1)
             if row == 0:
-                a.set_title(f"ch {channel}\n{result.scores[channel]:.2f}", color=colour, fontsize=FONT_SIZES["cell"])
+                a.set_title(f"ch {channel}\n{format_score('correlation', float(result.scores[channel]))}", color=colour,
+                            fontsize=FONT_SIZES["cell"])
         if row == 0:
             axes[row, 0].set_title("image", fontsize=FONT_SIZES["cell"])
     for a in axes.flat:
         a.set_xticks([])
         a.set_yticks([])
 
-    target = f"the logit of {class_label(result.target, n_classes)}" if result.target is not None else "a callable target"
+    target = "a callable target" if result.target is None else f"the logit of {class_label(result.target, n_classes)}"
     fig.suptitle(
-        f"PCACE of {result.layer} for {target}, {result.n_images} images, "
-        f"{result.n_components} component(s)",
+        f"PCACE of {result.layer} for {target}, {result.n_images} images, {result.n_components} component(s)",
         fontsize=FONT_SIZES["title"],
     )
     save(fig, path, dpi)
@@ -172,8 +182,8 @@ def render_layer_ranking(ranking: LayerRanking, *, path: str | Path | None = Non
     for i, name in enumerate(names):
         s = ranking.layers[name].scores.numpy()
         ax.scatter(i + rng.uniform(-0.2, 0.2, len(s)), s, s=6, alpha=0.5, color="0.4")
-        ax.scatter([i], [summary[name]["mean_top_k"]], marker="_", s=600, color=_TOP, lw=3, zorder=3)
-    ax.scatter([], [], marker="_", s=200, color=_TOP, lw=3, label=f"mean of the top {ranking.k}")
+        ax.scatter([i], [summary[name]["mean_top_k"]], marker="_", s=600, color=TOP_COLOUR, lw=3, zorder=3)
+    ax.scatter([], [], marker="_", s=200, color=TOP_COLOUR, lw=3, label=f"mean of the top {ranking.k}")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=FONT_SIZES["cell"])
     ax.set_ylabel("PCACE score", fontsize=FONT_SIZES["label"])
     ax.set_ylim(0, 1.02)

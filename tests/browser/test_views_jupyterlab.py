@@ -94,6 +94,14 @@ _BARS_JS = """
 })
 """
 
+# Index of the bar (among the figure's rect.bar) that the page hit-tests at a point, or null.
+_BAR_AT_JS = """
+([sel, x, y]) => {
+  const i = Array.from(document.querySelectorAll(sel + ' rect.bar')).indexOf(document.elementFromPoint(x, y));
+  return i < 0 ? null : i;
+}
+"""
+
 
 def test_app_tabs_draw_pcace_bars_and_inversion_masks(open_notebook, screenshot_dir):
     nb = open_notebook("lab", CELLS, width=1500, height=1750)
@@ -118,9 +126,13 @@ def test_app_tabs_draw_pcace_bars_and_inversion_masks(open_notebook, screenshot_
     assert page.locator(f"{PCACE} .nv-top-bottom img").count() == 3 * 6  # 3 images x (top 3 + bottom 3)
     assert page.locator(f"{PCACE} .nv-ranking-table tr").count() == 1 + len(report["layers"])
 
-    # a click on the sixth bar selects that channel
-    target = report["order"][5]
-    page.mouse.click(bars[5]["x"], bars[5]["y"])
+    # a click on the sixth bar selects the channel of the bar under the pointer (a layer of more channels
+    # than pixels has bars narrower than a pixel: the page's own hit test says which one that is)
+    x, y = bars[5]["x"], bars[5]["y"]
+    hit = page.evaluate(_BAR_AT_JS, [f"{PCACE} .nv-pcace-bars", x, y])
+    assert hit is not None and hit < 12, f"the click point is not on one of the first bars: {hit}"
+    target = report["order"][hit]
+    page.mouse.click(x, y)
     label = page.locator(f"{PCACE} .nv-selected").first
     pages.wait_until(lambda: label.inner_text().strip() == f"{report['layer']} · channel {target}", 30,
                      f"the label to name channel {target}")

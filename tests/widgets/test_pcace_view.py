@@ -1,22 +1,28 @@
-"""PCACEView: runs in the background, bars select channels and layers, settings wait for Run, cancel, errors, export."""
+"""PCACEView: the ranking, bars that select channels and layers, top-k at once, settings wait for Run, export parts.
+
+What every view does (runs, cancels, stale runs dropped, errors and warnings shown, export
+formats, static PNG, closing) is checked once for all views in test_view_contract.py.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-import xml.etree.ElementTree as ET
+import math
+import threading
 
 import numpy as np
 import pytest
 import torch
+from explorer_nets import gated_cnn
 from PIL import Image
 from torch import nn
 
 import neuronviz as nv
+from neuronviz.core.locks import hold_model
 from neuronviz.widgets import PCACEView
-from neuronviz.widgets.pcace_view import BOTTOM_COLOUR, SELECTED_COLOUR, TOP_COLOUR, _thumb
-
-from explorer_nets import gated_cnn
+from neuronviz.widgets.panels.bars import BOTTOM_COLOUR, SELECTED_COLOUR, TOP_COLOUR
+from neuronviz.widgets.pictures import thumb
 
 LAYERS = ["conv1", "conv2"]
 N_IMAGES = 40  # ACE's smoothers warn below 40
@@ -57,6 +63,12 @@ def clean_maps(net, images, layer) -> torch.Tensor:
     return store["a"]
 
 
+def count_passes(net) -> tuple[list, object]:
+    """A list that grows by one per forward pass of ``net``, and the hook's handle."""
+    passes = []
+    return passes, net.register_forward_pre_hook(lambda m, a: passes.append(a[0].shape[0]))
+
+
 def _decoded(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
 
@@ -80,6 +92,20 @@ def test_the_first_run_starts_by_itself_and_matches_rank_layers(net, images, sna
     snap.assert_unchanged()
 
 
+def test_a_run_is_the_ranking_passes_and_one_pass_for_the_maps_of_every_layer(net, images):
+    v = PCACEView(net, images, LAYERS, batch_size=16, autorun=False)
+    passes, handle = count_passes(net)
+    try:
+        v.run()
+        v.wait(60)
+    finally:
+        handle.remove()
+    assert v.status == "done", v.error
+    assert passes == [16, 16, 8, v.n_shown]  # ceil(40 / 16) batches, then the shown images once
+    for layer in LAYERS:  # the maps kept are each layer's own, on the shown images
+        torch.testing.assert_close(v.outcome.result.maps[layer], clean_maps(net, images[: v.n_shown], layer))
+
+
 def test_the_default_target_is_the_class_most_probable_over_the_images(net, images):
     v = PCACEView(net, images, LAYERS, autorun=False)
     net.eval()
@@ -87,7 +113,8 @@ def test_the_default_target_is_the_class_most_probable_over_the_images(net, imag
         mean = torch.softmax(net(images).double(), dim=1).mean(0)
     net.train()
     assert v.target == int(mean.argmax())
-    labels = [label for label, _c in v.target_picker.options]
+    assert v.classes.probabilities[v.target] == pytest.approx(float(mean.max()))
+    labels = [label for label, _c in v.controls["target"].options]
     assert labels[0].startswith(f"class {v.target}  p=")
     assert v.status == "idle" and v.ranking is None
 
@@ -112,18 +139,18 @@ def test_clicking_a_channel_bar_selects_it_and_redraws_its_maps(net, images):
     order = v.ranking["conv1"].ranking.tolist()
     assert list(bars.bars_mark.x) == order  # one bar per channel, best first
     np.testing.assert_allclose(bars.bars_mark.y, v.ranking["conv1"].scores[order].numpy())
-    before = [im.value for im in v._strip_images]
+    strip = v.channel_strip
+    before = [im.value for im in strip.images]
     bars.bars_mark.selected = [3]  # what a click on the fourth bar sends
     assert v.selected == ("conv1", order[3])
-    assert v.selected_label.value == f"conv1 · channel {order[3]}"
+    assert strip.label.value == f"conv1 · channel {order[3]}"
     assert bars.bars_mark.colors[3] == SELECTED_COLOUR
-    assert [im.value for im in v._strip_images] != before
+    assert [im.value for im in strip.images] != before
     # each strip image is the channel's own map over that image
     maps = clean_maps(net, images[: v.n_shown], "conv1")
-    torch.testing.assert_close(v._result.maps["conv1"], maps)
-    for j, im in enumerate(v._strip_images):
-        assert im.value == _thumb(v._strip_pictures[j], maps[j, order[3]], float(v.opacity.value))
-    assert "#4 of 6" in v.selected_info.value
+    for j, im in enumerate(strip.images):
+        assert im.value == thumb(strip.pictures[j], maps[j, order[3]], float(v.opacity.value))
+    assert "#4 of 6" in strip.info.value
 
 
 def test_clicking_a_layer_bar_shows_that_layer(net, images):
@@ -141,26 +168,37 @@ def test_clicking_a_layer_bar_shows_that_layer(net, images):
 
 def test_the_top_and_bottom_grid_holds_the_ranked_channels_and_its_buttons_select(net, images):
     v = finished(net, images, top_k=2)
-    scores = v.scores
-    assert v._grid_columns == scores.top(2) + scores.bottom(2)
-    buttons = v.grid.children[1].children
-    assert [b.description.split(" · ")[0] for b in buttons] == [f"ch {c}" for c in v._grid_columns]
-    assert len(v.grid.children) == 2 + v.n_shown  # legend, buttons, one row per image
+    scores, grid = v.scores, v.top_bottom
+    assert grid.columns == scores.top(2) + scores.bottom(2)
+    buttons = grid.grid.children[1].children
+    assert [b.description.split(" · ")[0] for b in buttons] == [f"ch {c}" for c in grid.columns]
+    assert len(grid.grid.children) == 2 + v.n_shown  # legend, buttons, one row per image
     buttons[-1].click()
     assert v.selected == (v.layer, scores.bottom(2)[-1])
 
 
 def test_top_k_applies_at_once_without_a_run(net, images):
     v = finished(net, images, top_k=3)
-    job = v._worker.latest
+    outcome = v.outcome
     v.top_k = 1
-    assert v._worker.latest is job and v.ranking.k == 1
+    assert v.outcome is outcome and v.status == "done" and v.ranking.k == 1
     assert v.ranking.summary == nv.LayerRanking(v.ranking.layers, 1).summary
     colours = v.channel_bars.bars_mark.colors
     assert colours.count(TOP_COLOUR) + (colours[0] == SELECTED_COLOUR) == 1
     assert colours.count(BOTTOM_COLOUR) == 1
-    assert len(v._grid_columns) == 2
+    assert len(v.top_bottom.columns) == 2
     assert "top-1" in v.layer_bars.table.value
+    assert "settings changed" not in v.run_bar.status.value
+
+
+def test_the_opacity_redraws_the_strip_and_the_grid(net, images):
+    v = finished(net, images)
+    strip, cell = v.channel_strip.images[0].value, v.top_bottom.grid.children[2].children[0].value
+    v.opacity.value = 0.0
+    assert v.channel_strip.images[0].value != strip
+    assert v.top_bottom.grid.children[2].children[0].value != cell
+    plain = _decoded(v.channel_strip.images[0].value) / 255.0
+    np.testing.assert_allclose(plain, v.channel_strip.pictures[0], atol=1 / 255)
 
 
 @pytest.mark.parametrize("bad", [("conv9", 0), ("conv2", 4), ("conv2", -1), ("conv2",), "conv2", ("conv2", 1.5)])
@@ -178,9 +216,11 @@ def test_selecting_before_a_run_is_refused(net, images):
         v.selected = ("conv1", 0)
     with pytest.raises(nv.NeuronvizError, match="first run"):
         v.layer = "conv1"
+    with pytest.raises(nv.NeuronvizError, match="first run"):
+        v.channel = 0
 
 
-# ------------------------------------------------------------------------------ settings, cancel, stale runs, errors
+# ------------------------------------------------------------------------------ settings and errors
 
 
 def test_settings_wait_for_run_and_reach_it(net, images, snapshot):
@@ -188,12 +228,13 @@ def test_settings_wait_for_run_and_reach_it(net, images, snapshot):
     before = v.ranking
     snap = snapshot(net)
     other = (v.target + 1) % 5
-    v.components.value = 2
+    v.controls["n_components"].value = 2
     v.target = other
     v.layers = ["conv2"]
     assert v.ranking is before and v.status == "done"  # nothing ran yet
     assert "press Run" in v.run_bar.status.value
     assert v.settings == {"layers": ["conv2"], "target": other, "n_components": 2, "device": "cpu", "top_k": 3}
+    assert v.controls["layers"].value == ("conv2",) and v.controls["target"].value == other
     v.run_bar.run_button.click()
     v.wait(60)
     assert v.status == "done"
@@ -204,52 +245,25 @@ def test_settings_wait_for_run_and_reach_it(net, images, snapshot):
     snap.assert_unchanged()
 
 
-def test_a_target_outside_the_offered_ones_is_added_to_the_picker(net, images):
+def test_a_selection_the_next_run_still_ranks_is_kept(net, images):
+    v = finished(net, images)
+    v.selected = ("conv1", 5)
+    v.n_components = 2
+    v.run()
+    v.wait(60)
+    assert v.selected == ("conv1", 5) and v.scores.n_components == 2
+    assert "2 components" in v.channel_bars.figure.title
+
+
+def test_a_target_outside_the_offered_ones_is_refused_with_the_range(net, images):
     v = PCACEView(net, images, LAYERS, autorun=False)
-    offered = [c for _label, c in v.target_picker.options]
+    offered = [c for _label, c in v.controls["target"].options]
     assert len(offered) == 5  # every class of the 5-class net
     with pytest.raises(nv.NeuronvizError, match="0..4"):
         v.target = 5
 
 
-def test_cancel_keeps_the_previous_ranking_and_the_model(net, images, snapshot):
-    v = finished(net, images)
-    before, selected = v.ranking, v.selected
-    snap = snapshot(net)
-    net.gate.close()
-    v.run()
-    assert net.gate.entered.wait(20)  # the run is inside a forward pass now
-    v.run_bar.cancel_button.click()
-    net.gate.open()
-    v.wait(60)
-    assert v.status == "cancelled" and "cancelled" in v.run_bar.status.value
-    assert v.ranking is before and v.selected == selected
-    snap.assert_unchanged()
-
-
-def test_a_newer_run_supersedes_the_running_one(net, images):
-    applied = []
-
-    class Recording(PCACEView):
-        def _apply(self, result):
-            applied.append(result.settings.target)
-            super()._apply(result)
-
-    v = Recording(net, images, LAYERS, autorun=False)
-    net.gate.close()
-    v.target = 1
-    first = v.run()
-    assert net.gate.entered.wait(20)
-    v.target = 2
-    second = v.run()
-    net.gate.open()
-    v.wait(60)
-    assert applied == [2]
-    assert first.state == "cancelled" and second.state == "done"
-    assert v.scores.target == 2
-
-
-def test_an_error_in_the_run_is_shown_and_the_model_kept(net, snapshot):
+def test_images_pcace_cannot_correlate_give_an_error_in_the_widget(net, snapshot):
     same = image_set(1).expand(N_IMAGES, -1, -1, -1).clone()  # every image alike: PCACE cannot correlate
     snap = snapshot(net)
     v = PCACEView(net, same, LAYERS)
@@ -270,6 +284,7 @@ def test_an_error_in_the_run_is_shown_and_the_model_kept(net, snapshot):
         ({"n_components": 9}, "n_components"),
         ({"top_k": 0}, "top_k"),
         ({"n_shown": 0}, "n_shown"),
+        ({"batch_size": 0}, "batch_size"),
         ({"target": 5}, "target"),
         ({"device": "tpu"}, "device"),
     ],
@@ -288,62 +303,82 @@ def test_a_model_that_is_not_a_classifier_is_refused_early(images):
         PCACEView(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), images, autorun=False)
 
 
-def test_default_layers_are_the_last_convolutions(net, images):
+def test_default_layers_are_the_post_activation_maps_of_each_resolution(net, images):
     v = PCACEView(net, images, autorun=False)
-    assert v.layers == ["conv1", "conv2"]
+    assert v.layers == ["relu1", "relu2"]  # after conv1 (16 x 16) and after conv2 + bn2 (8 x 8)
 
 
 # ------------------------------------------------------------------------------ export and display
 
 
 @pytest.mark.parametrize("part", ["layer", "ranking"])
-def test_export_writes_png_svg_and_pdf(net, images, tmp_path, part, snapshot):
+def test_export_draws_either_part_from_the_run_without_the_model(net, images, tmp_path, part):
     v = finished(net, images)
-    snap = snapshot(net)
-    png = v.export(tmp_path / "v.png", dpi=60, part=part).read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    svg = v.export(tmp_path / "v.svg", part=part)
-    assert svg.read_bytes().lstrip().startswith(b"<?xml") and b"<svg" in svg.read_bytes()[:2000]
-    assert ET.parse(svg).getroot().tag.endswith("svg")
-    pdf = v.export(tmp_path / "v.pdf", part=part).read_bytes()
-    assert pdf.startswith(b"%PDF") and b"%%EOF" in pdf[-1024:]
-    snap.assert_unchanged()  # the layer figure runs the model once
+    passes, handle = count_passes(net)
+    held, release = threading.Event(), threading.Event()
+
+    def another_caller():  # holds the model the whole time: an export that needed it would wait
+        with hold_model(net):
+            held.set()
+            release.wait(30)
+
+    t = threading.Thread(target=another_caller)
+    t.start()
+    try:
+        assert held.wait(10)
+        for suffix in (".png", ".svg", ".pdf"):
+            path = v.export(tmp_path / f"v{suffix}", dpi=60, part=part)
+            assert path.stat().st_size > 1000
+    finally:
+        release.set()
+        t.join()
+        handle.remove()
+    assert passes == []
 
 
-def test_export_refuses_other_suffixes_parts_and_early_calls(net, images, tmp_path):
+def test_the_layer_figure_shows_the_shown_layers_top_and_bottom_channels(net, images):
+    v = finished(net, images, top_k=2)
+    fig = v.figure(dpi=50, part="layer")
+    titles = [ax.get_title() for ax in fig.axes]
+    for channel in v.scores.top(2) + v.scores.bottom(2):
+        score = float(v.scores.scores[channel])
+        assert f"ch {channel}\n{score:.3f}" in titles
+    assert v.layer in fig._suptitle.get_text()
+    ranking = v.figure(part="ranking", dpi=50)
+    assert [t.get_text() for t in ranking.axes[0].get_xticklabels()] == list(v.ranking.layers)
+
+
+def test_export_refuses_other_parts(net, images, tmp_path):
     v = finished(net, images)
-    with pytest.raises(nv.NeuronvizError, match=r"\.png"):
-        v.export(tmp_path / "v.jpg")
     with pytest.raises(nv.NeuronvizError, match="part"):
         v.export(tmp_path / "v.png", part="maps")
-    with pytest.raises(nv.NeuronvizError, match="dpi"):
-        v.export(tmp_path / "v.png", dpi=0)
-    fresh = PCACEView(net, images, LAYERS, autorun=False)
-    with pytest.raises(nv.NeuronvizError, match="run"):
-        fresh.export(tmp_path / "v.png")
+    with pytest.raises(nv.NeuronvizError, match="part"):
+        v.figure(part="maps")
 
 
-def test_the_export_button_writes_the_chosen_part_or_shows_the_error(net, images, tmp_path):
+def test_the_export_button_writes_the_chosen_part(net, images, tmp_path):
     v = finished(net, images)
+    assert v.export_part in v.exporter.widget.children
     v.export_part.value = "ranking"
     v.exporter.path.value = str(tmp_path / "ranking.pdf")
     v.exporter.button.click()
     assert (tmp_path / "ranking.pdf").read_bytes().startswith(b"%PDF")
-    assert "ranking.pdf" in v.exporter.message.value
-    v.exporter.path.value = "figure.jpg"
-    v.exporter.button.click()
-    assert ".png" in v.error and "figure.jpg" in v.run_bar.error.value
+    assert "ranking.pdf" in v.exporter.message.value and v.error is None
 
 
-def test_the_display_data_holds_the_widget_and_a_png(net, images):
+def test_the_display_data_holds_the_first_image_then_both_figures(net, images):
     v = PCACEView(net, images, LAYERS, autorun=False)
     bundle = v._repr_mimebundle_()
     assert bundle["application/vnd.jupyter.widget-view+json"]["model_id"] == v.model_id
-    assert base64.b64decode(bundle["image/png"])[:8] == b"\x89PNG\r\n\x1a\n"
+    early = Image.open(io.BytesIO(base64.b64decode(bundle["image/png"])))
+    assert early.size == (150, 150)
     v.run()
     v.wait(60)
     after = Image.open(io.BytesIO(base64.b64decode(v._repr_mimebundle_()["image/png"])))
-    assert after.width > 300 and after.height > 300  # the ranking and the layer's figure
+    assert after.width > 300 and after.height > 300  # the ranking above the layer's figure
+    alone = [v.figure(dpi=60, part=part) for part in ("ranking", "layer")]
+    expected = sum(math.ceil(f.get_size_inches()[1] * 60) for f in alone)
+    assert abs(after.height - expected) <= 2
 
 
 def test_dom_classes_for_browser_tests(net, images):
@@ -352,11 +387,14 @@ def test_dom_classes_for_browser_tests(net, images):
         "nv-pcace": v, "nv-run": v.run_bar.run_button, "nv-cancel": v.run_bar.cancel_button,
         "nv-progress": v.run_bar.progress, "nv-status": v.run_bar.status, "nv-error": v.run_bar.error,
         "nv-pcace-bars": v.channel_bars.figure, "nv-layer-ranking": v.layer_bars.figure,
-        "nv-ranking-table": v.layer_bars.table, "nv-channel-maps": v.strip, "nv-top-bottom": v.grid,
-        "nv-layers": v.layers_picker, "nv-target": v.target_picker, "nv-components": v.components,
-        "nv-topk": v.top_k_slider, "nv-selected": v.selected_label, "nv-export": v.exporter.button,
+        "nv-ranking-table": v.layer_bars.table, "nv-channel-maps": v.channel_strip.strip,
+        "nv-top-bottom": v.top_bottom.grid, "nv-layers": v.controls["layers"], "nv-target": v.controls["target"],
+        "nv-components": v.controls["n_components"], "nv-topk": v.controls["top_k"],
+        "nv-device": v.controls["device"], "nv-show-layer": v.layer_picker, "nv-opacity": v.opacity,
+        "nv-selected": v.channel_strip.label, "nv-export": v.exporter.button,
     }
     for css, widget in classes.items():
         assert css in widget._dom_classes, css
-    assert not v.components.continuous_update and not v.top_k_slider.continuous_update
-    assert _decoded(v._strip_images[0].value).shape == (150, 150, 3)
+    assert not v.controls["n_components"].continuous_update and not v.controls["top_k"].continuous_update
+    assert _decoded(v.channel_strip.images[0].value).shape == (150, 150, 3)
+    assert len(v.top_bottom.grid.children[1].children) == 6  # top 3 + bottom 3 buttons
