@@ -44,6 +44,7 @@ from ..core.errors import NeuronvizError, NeuronvizTypeError, NeuronvizWarning
 from ..core.locks import runs_model
 from ..core.model_state import on_device, preserved_state, resolve_device
 from ..core.perturb import Perturbation
+from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.targets import TargetSpec, resolve_target
 from ..core.validation import check_image, check_int, forward_checked, plain
 from .baselines import BASELINES, BaselineScores
@@ -614,6 +615,8 @@ def _default_target(rankings_source: object, target: TargetSpec, output: str | N
 
 
 @runs_model
+@reports_progress(lambda a: is_long({"image": 1, "copies": a.arguments["n_samples"]}.get(
+    a.arguments["on"], images_of(a.arguments["samples"])), (a.arguments["random"] + 2) * 16), unit="row")
 def deletion_curve(
     model: nn.Module,
     x: torch.Tensor,
@@ -637,7 +640,7 @@ def deletion_curve(
     seed: int = 0,
     batch_size: int | None = None,
     device: str | torch.device | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressArg = None,
 ) -> FaithfulnessCurves:
     """Deletion (or insertion) curves of neuron rankings, against random rankings, in batched passes.
 
@@ -693,8 +696,11 @@ def deletion_curve(
         Rows (set x image) per forward pass.
     device : str or torch.device, optional
         Where to compute.
-    progress : callable, optional
-        ``progress(done, total)`` in rows; raising from it cancels.
+    progress : bool, callable or None
+        ``True``: a progress bar (:mod:`neuronviz.core.progress`); ``False``: none; None (the
+        default): a bar when the images times about 16 points of ``random + 2`` rankings reach
+        200 rows, or the samples are a loader. A callable: ``progress(done, total)`` in rows;
+        raising from it cancels.
 
     Returns
     -------
@@ -772,6 +778,8 @@ def _as_mask(mask: object, size: tuple[int, int]) -> torch.Tensor:
 
 
 @runs_model
+@reports_progress(lambda a: is_long(images_of(a.arguments["x"]), (a.arguments["random"] + 1) * a.arguments["steps"]),
+                  unit="image")
 def mask_deletion_curve(
     model: nn.Module,
     x: torch.Tensor,
@@ -786,7 +794,7 @@ def mask_deletion_curve(
     output: str = "probability",
     batch_size: int | None = None,
     device: str | torch.device | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressArg = None,
 ) -> FaithfulnessCurves:
     """Deletion (or insertion) curve of an input mask's pixels, against random masks (Petsiuk et al. 2018).
 
@@ -824,7 +832,9 @@ def mask_deletion_curve(
         Images per forward pass.
     device : str or torch.device, optional
         Where to compute.
-    progress : callable, optional
+    progress : bool, callable or None
+        ``True``: a progress bar (:mod:`neuronviz.core.progress`); ``False``: none; None (the
+        default): a bar when the images times ``(random + 1) x steps`` reach 200. A callable:
         ``progress(done, total)`` in images; raising from it cancels.
 
     Returns
