@@ -8,6 +8,13 @@ The images go through the network once (never once per channel), or twice when s
 from a data set too large for memory (first the per-channel position covariances, then the
 projections), on one process or across the ranks of a ``torch.distributed`` group; ACE runs
 on all channels at once (:func:`neuronviz.methods.ace.ace_batch`).
+
+ACE here follows ``mace.f`` as the ``ace`` package 0.4.2 re-implements it. The paper's authors
+(2021) ran ``ace`` 0.3.x, a different algorithm: its transforms start at zero instead of a
+least-squares scaling, it uses other smoother spans and no variance floor, and it loops while
+``e^2`` decreases (up to 200 outer iterations). Through their pipeline its channel scores
+differ from 0.4.2's by up to 0.08-0.11, so their published scores are not reproduced to that
+precision (``docs/methods-pcace-ace.md``).
 """
 
 from __future__ import annotations
