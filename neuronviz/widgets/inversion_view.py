@@ -24,6 +24,7 @@ from ..methods.inversion import (
     default_inversion_layers,
     guided_feature_inversion,
 )
+from ..methods.inversion_authors import AUTHORS, recipe_defaults
 from ..render.inversion import render_inversion
 from .jobs import Job
 from .panels.losses import LossPlot
@@ -35,12 +36,13 @@ from .view import Outcome, View
 __all__ = ["InversionView", "InversionSettings", "MaskOverlay", "inversion_layers"]
 
 
-def inversion_layers(model: nn.Module, summary: LayerSummary) -> tuple[str, str]:
+def inversion_layers(model: nn.Module, summary: LayerSummary, x: torch.Tensor | None = None) -> tuple[str, str]:
     """The mask layer and feature layer :class:`InversionView` uses when none are named.
 
-    :func:`neuronviz.default_inversion_layers` for the architectures it knows (VGG, AlexNet,
-    ResNet, the default model); otherwise the last convolution with a spatial output serves as
-    both (the paper's AlexNet setting), or else the last layer with a spatial output.
+    :func:`neuronviz.default_inversion_layers` (with the probe ``x``: for any CNN, as
+    :func:`neuronviz.guided_feature_inversion` chooses them); when it has none, the last
+    convolution with a spatial output serves as both (the paper's AlexNet setting), or else the
+    last layer with a spatial output.
 
     Parameters
     ----------
@@ -48,6 +50,8 @@ def inversion_layers(model: nn.Module, summary: LayerSummary) -> tuple[str, str]
         The network.
     summary : LayerSummary
         Its :func:`neuronviz.layer_summary`.
+    x : torch.Tensor, optional
+        A probe input (the image explained).
 
     Returns
     -------
@@ -59,7 +63,7 @@ def inversion_layers(model: nn.Module, summary: LayerSummary) -> tuple[str, str]
     NeuronvizError
         An unknown architecture without a spatial layer.
     """
-    known = default_inversion_layers(model)
+    known = default_inversion_layers(model, x)
     if known is not None:
         return known
     modules = dict(model.named_modules())
@@ -85,6 +89,18 @@ class _Finite(Float):
         return out
 
 
+#: The recipes of :func:`neuronviz.guided_feature_inversion`.
+RECIPES = ("paper", "authors")
+
+
+def _loss(value: Any, name: str, view: "InversionView") -> str:
+    """A stage-1 loss; the authors' recipe has only the relative one."""
+    value = OneOf(LOSSES)(value, name, view)
+    if view.recipe == "authors" and value != "relative":
+        raise NeuronvizError(f"{name} must be 'relative' with recipe='authors' (the authors' loss), got {value!r}")
+    return value
+
+
 def _mask_layer(value: Any, name: str, view: "InversionView") -> str:
     """A layer with a spatial (C, h, w) output, whose channels can make a mask."""
     layer = Layer()(value, name, view)
@@ -102,14 +118,17 @@ class InversionSettings:
     """The settings of one inversion run (the arguments of :func:`neuronviz.guided_feature_inversion`)."""
 
     target: int = setting(None, ClassIndex(), control="classes", css="nv-target")
+    # before the settings whose defaults it sets: the rules and defaults run in this order
+    recipe: str = setting("paper", OneOf(RECIPES), control="dropdown", css="nv-recipe", group=2,
+                          tooltip="the method as the paper describes it, or the loop of the authors' code")
     lam: float = setting(1.0, _Finite(0), control="slider", span=(0.0, 10.0), step=0.1, css="nv-lam",
                          tooltip="weight of the class probability with the mask removed (stage 2)")
     # steps of 0.01: the default model's delta is 0.01 (see default_inversion_delta)
     delta: float = setting(None, _Finite(0), control="slider", span=(0.0, 20.0), step=0.01, readout=".2f",
                            css="nv-delta", tooltip="weight of the mask's size, ||w||_1 (stage 2)")
-    stage1_steps: int = setting(10, Int(0), control="slider", span=(0, 100), label="stage-1 steps", css="nv-stage1",
+    stage1_steps: int = setting(None, Int(0), control="slider", span=(0, 100), label="stage-1 steps", css="nv-stage1",
                                 group=1)
-    stage2_steps: int = setting(70, Int(0), control="slider", span=(0, 300), label="stage-2 steps", css="nv-stage2",
+    stage2_steps: int = setting(None, Int(0), control="slider", span=(0, 300), label="stage-2 steps", css="nv-stage2",
                                 group=1)
     background: str = setting("blur", OneOf(BACKGROUNDS), control="dropdown", css="nv-background", group=2,
                               tooltip="what replaces the removed pixels")
@@ -117,8 +136,8 @@ class InversionSettings:
     mask_layer: str = setting(None, _mask_layer)
     feature_layer: str = setting(None, Layer())
     lr: float = setting(0.01, _Finite(0, open_lo=True))
-    gamma: float = setting(10.0, _Finite(0))
-    loss: str = setting("paper", OneOf(LOSSES))
+    gamma: float = setting(None, _Finite(0))
+    loss: str = setting(None, _loss)
     seed: int = setting(0, Int(0, 2**31 - 1))
 
     def as_dict(self) -> dict[str, Any]:
@@ -129,7 +148,9 @@ class InversionSettings:
 #: The controls under the names they had before settings were declared.
 _CONTROL_NAMES = {"target_picker": "target", "lam_slider": "lam", "delta_slider": "delta",
                   "stage1_slider": "stage1_steps", "stage2_slider": "stage2_steps",
-                  "background_picker": "background", "device_picker": "device"}
+                  "background_picker": "background", "device_picker": "device", "recipe_picker": "recipe"}
+#: The settings whose default the recipe sets; a change of recipe moves those still at the old one's.
+_FOLLOW_RECIPE = ("stage1_steps", "stage2_steps", "gamma", "loss", "delta", "mask_layer", "feature_layer")
 
 
 class InversionView(View):
@@ -144,7 +165,7 @@ class InversionView(View):
       opacity slider;
     * the loss of every step of both stages (stage 1 on the left axis, stage 2 on the right);
     * the settings (target class among the top predictions, ``lam``, ``delta``, the steps of
-      each stage, the background that replaces removed pixels, device), Run / Cancel, a
+      each stage, the recipe, the background that replaces removed pixels, device), Run / Cancel, a
       progress bar (one step per Adam step), a status line and an error area; and Export.
 
     Computation runs in one background thread: the kernel stays free, a new run cancels the
@@ -155,8 +176,10 @@ class InversionView(View):
     ----------------
     result : InversionResult or None
         The latest finished run.
-    target, lam, delta, stage1_steps, stage2_steps, background, device
-        The settings of the next run (settable, validated; the widgets follow).
+    target, lam, delta, stage1_steps, stage2_steps, recipe, background, device
+        The settings of the next run (settable, validated; the widgets follow). A new
+        ``recipe`` moves the settings still at the old recipe's defaults to the new one's
+        (:meth:`recipe_defaults`).
     lr, gamma, loss, seed, mask_layer, feature_layer
         The other arguments of :func:`neuronviz.guided_feature_inversion` (settable, validated).
     settings : dict
@@ -178,18 +201,24 @@ class InversionView(View):
     target : int, optional
         Class to explain; default the predicted class.
     mask_layer, feature_layer : str, optional
-        Default :func:`inversion_layers`.
+        Default :func:`inversion_layers` (the authors' recipe: its feature layer for both).
     lam : float
         Weight of the complement's probability in stage 2.
     delta : float, optional
         Weight of ``||w||_1`` in stage 2; default :func:`neuronviz.methods.inversion.default_inversion_delta`
-        (the paper's 1; 0.01 for the default model).
-    stage1_steps, stage2_steps : int
-        Adam steps of each stage (10 and 70 in the paper).
+        (the paper's 1; 0.01 for the default model), or the authors' 2 (of ``sum w^2``).
+    stage1_steps, stage2_steps : int, optional
+        Adam steps of each stage; default the recipe's (10 and 70 in the paper, 11 and 69 in the
+        authors' code).
+    recipe : {"paper", "authors"}
+        The method as the paper describes it, or the loop of the authors' code (see
+        :func:`neuronviz.guided_feature_inversion`); it sets the defaults of the steps,
+        ``gamma``, ``delta``, ``loss`` and the layers.
     background : {"blur", "mean", "noise"}
         What replaces removed pixels.
     lr, gamma, loss, seed
-        As in :func:`neuronviz.guided_feature_inversion`.
+        As in :func:`neuronviz.guided_feature_inversion` (``gamma`` and ``loss`` default to the
+        recipe's).
     device : str, optional
         ``"cpu"`` or ``"cuda"``; default the model's device.
     autorun : bool
@@ -211,6 +240,7 @@ class InversionView(View):
     title = "Inversion"
     css = "nv-inversion"
     export_name = "inversion.png"
+    _followed: dict[str, Any]  # the values the recipe set, to tell them from the user's
 
     def __init__(self, model: nn.Module, image: torch.Tensor, *, autorun: bool = True, image_display: Any = None,
                  **settings: Any) -> None:
@@ -221,22 +251,46 @@ class InversionView(View):
         self.image = resize(self.picture, DISPLAY_SIZE)
         self.probe(model, self.x)
         self.n_classes = self.classes.n_classes
+        self._layers = inversion_layers(model, self.summary, self.x)
         super().__init__(model, autorun=autorun, **settings)
 
     def default_for(self, name: str) -> Any:
-        """The predicted class, the model's default layers and delta, the model's device."""
+        """The predicted class, the recipe's defaults (:meth:`recipe_defaults`), the model's device."""
         if name == "target":
             return self.classes.predicted
-        if name in ("mask_layer", "feature_layer"):
-            return inversion_layers(self.model, self.summary)[name == "feature_layer"]
-        if name == "delta":
-            return default_inversion_delta(self.model)
+        if name in _FOLLOW_RECIPE:
+            return self.recipe_defaults(self.recipe)[name]
         return super().default_for(name)
+
+    def recipe_defaults(self, recipe: str) -> dict[str, Any]:
+        """The steps, penalty weights, loss and layers :func:`neuronviz.guided_feature_inversion` takes for ``recipe``.
+
+        The paper's: 10 + 70 steps, ``gamma`` 10, the ``"paper"`` loss, ``delta`` of
+        :func:`~neuronviz.methods.inversion.default_inversion_delta`, the layers of
+        :func:`inversion_layers`; the authors': 11 + 69 steps, 5 and 2, the relative loss, the
+        feature layer as the mask layer too.
+        """
+        steps1, steps2, gamma, loss = recipe_defaults(recipe, None, None, None, None)
+        authors = recipe == "authors"
+        delta = AUTHORS["delta"] if authors else default_inversion_delta(self.model)
+        mask_layer, feature_layer = self._layers
+        return {"stage1_steps": steps1, "stage2_steps": steps2, "gamma": gamma, "loss": loss, "delta": delta,
+                "mask_layer": feature_layer if authors else mask_layer, "feature_layer": feature_layer}
+
+    def setting_changed(self, name: str, value: Any) -> None:
+        """A new recipe moves the settings still at the old recipe's defaults to the new one's."""
+        if name != "recipe":
+            return
+        old, self._followed = self._followed, self.recipe_defaults(value)
+        for n, default in self._followed.items():
+            if getattr(self, n) == old[n]:
+                setattr(self, n, default)
 
     def build(self) -> list[W.Widget]:
         """The two masks, the loss plot and a summary of the run."""
         for attribute, name in _CONTROL_NAMES.items():
             setattr(self, attribute, self.controls[name])
+        self._followed = self.recipe_defaults(self.recipe)
         self.masks = StageMasks(self.image)
         self.stage1, self.stage2 = self.masks.stage1, self.masks.stage2
         self.loss_plot = LossPlot()

@@ -48,8 +48,8 @@ def upsampled(mask: torch.Tensor, size) -> torch.Tensor:
 
 
 def direct(net, x, **kwargs) -> nv.InversionResult:
-    args = {"mask_layer": "conv2", "feature_layer": "conv2", **STEPS, **kwargs}
-    return nv.guided_feature_inversion(net, x, **args)
+    """The function itself, with its own default layers (the view's are the same)."""
+    return nv.guided_feature_inversion(net, x, **{**STEPS, **kwargs})
 
 
 # ------------------------------------------------------------------------------ a run
@@ -62,8 +62,9 @@ def test_the_first_run_starts_by_itself_and_matches_guided_feature_inversion(net
     v.wait(60)
     assert v.status == "done" and v.error is None
     assert "done · 3+4 steps" in v.run_bar.status.value
-    assert (v.mask_layer, v.feature_layer) == ("conv2", "conv2")  # the last convolution, for both
     expected = direct(net, x, target=v.target)
+    assert (v.mask_layer, v.feature_layer) == (expected.mask_layer, expected.feature_layer)
+    assert v.mask_layer in ("conv2", "relu2")  # the last spatial map of the tiny net
     torch.testing.assert_close(v.result.mask, expected.mask)
     torch.testing.assert_close(v.result.inversion_mask, expected.inversion_mask)
     snap.assert_unchanged()  # parameters, requires_grad, .grad, modes and hooks
@@ -84,7 +85,7 @@ def test_both_masks_are_drawn_over_the_image_and_the_losses_plotted(net, x):
     np.testing.assert_allclose(v.stage1_line.y, r.losses["stage1"][0].numpy())
     np.testing.assert_allclose(v.stage2_line.y, r.losses["stage2"][0].numpy())
     assert list(v.stage2_line.x) == [4, 5, 6, 7]  # stage 2 continues the step count
-    assert "p = " in v.info.value and "conv2" in v.info.value
+    assert "p = " in v.info.value and f"<code>{v.mask_layer}</code>" in v.info.value
     # the opacity slider redraws without a run
     states, before = [], v.stage1.picture.value
     v.observe(lambda c: states.append(c["new"]), "status")
@@ -144,7 +145,8 @@ def test_python_settings_are_validated_and_reach_the_next_run(net, x):
         with pytest.raises(nv.NeuronvizError, match=name if name != "target" else "0..4"):
             setattr(v, name, bad)
     # the arguments without a control are properties only, and every setting is in .settings
-    assert set(v.controls) == {"target", "lam", "delta", "stage1_steps", "stage2_steps", "background", "device"}
+    assert set(v.controls) == {"target", "lam", "delta", "stage1_steps", "stage2_steps", "recipe", "background",
+                               "device"}
     assert {k: v.settings[k] for k in ("lr", "gamma", "loss", "seed")} == {"lr": 0.05, "gamma": 1.0,
                                                                           "loss": "relative", "seed": 3}
 
@@ -261,6 +263,7 @@ def test_dom_classes_for_browser_tests(net, x):
         "nv-mask-stage2": v.stage2.picture, "nv-losses": v.losses, "nv-target": v.target_picker,
         "nv-lam": v.lam_slider, "nv-delta": v.delta_slider, "nv-stage1": v.stage1_slider,
         "nv-stage2": v.stage2_slider, "nv-background": v.background_picker, "nv-export": v.exporter.button,
+        "nv-recipe": v.recipe_picker, "nv-device": v.device_picker,
     }
     for css, widget in classes.items():
         assert css in widget._dom_classes, css
@@ -273,4 +276,37 @@ def test_delta_starts_at_the_models_default_and_reaches_the_run(net, x):
     assert v.delta == default_inversion_delta(net) == 1.0
     v.delta = 0.01  # the default model's value: the slider holds it exactly
     assert v.delta == 0.01
+    v.close()
+
+
+# ------------------------------------------------------------------------------ recipes
+
+
+def test_the_authors_recipe_sets_its_defaults_and_runs_as_the_function_does(net, x):
+    v = InversionView(net, x, recipe="authors", autorun=False)
+    assert (v.stage1_steps, v.stage2_steps, v.gamma, v.delta, v.loss) == (11, 69, 5.0, 2.0, "relative")
+    assert v.mask_layer == v.feature_layer  # the authors' code uses one layer for both
+    v.stage1_steps, v.stage2_steps = 2, 3
+    v.run()
+    v.wait(60)
+    assert v.status == "done", v.error
+    expected = nv.guided_feature_inversion(net, x, recipe="authors", target=v.target, stage1_steps=2, stage2_steps=3)
+    torch.testing.assert_close(v.result.mask, expected.mask)
+    assert v.result.recipe == "authors" and v.settings["recipe"] == "authors"
+    with pytest.raises(nv.NeuronvizError, match="relative"):
+        v.loss = "paper"
+    v.close()
+
+
+def test_a_new_recipe_moves_only_the_settings_left_at_the_old_recipes_defaults(net, x):
+    v = InversionView(net, x, stage1_steps=3, gamma=7.0, autorun=False)
+    paper = (v.stage2_steps, v.delta, v.loss, v.mask_layer)
+    v.recipe_picker.value = "authors"  # what a pick in the dropdown does
+    assert (v.stage1_steps, v.gamma) == (3, 7.0)  # chosen by the user: kept
+    assert (v.stage2_steps, v.delta, v.loss) == (69, 2.0, "relative")
+    assert v.stage2_slider.value == 69 and v.mask_layer == v.feature_layer
+    v.recipe = "paper"
+    assert (v.stage2_steps, v.delta, v.loss, v.mask_layer) == paper and (v.stage1_steps, v.gamma) == (3, 7.0)
+    with pytest.raises(nv.NeuronvizError, match="recipe"):
+        v.recipe = "mine"
     v.close()
