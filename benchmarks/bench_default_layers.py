@@ -29,7 +29,7 @@ def main() -> None:
     x = nv.preprocess(nv.sample_image(args.image))
     summary = nv.layer_summary(model, x)
     layers = [i.name for i in summary if i.name.endswith(".act") and len(i.shape) == 3 and i.positions > 1]
-    print(f"| layer | shape | mean < 0.1 | of which all zero | corr top-5 in prec top-5 | corr top-5 mean - median |")
+    print("| layer | shape | mean < 0.1 | of which all zero | corr top-5 in prec top-5 | corr top-5 mean - median |")
     print("|---|---|---|---|---|---|")
     for layer in layers:
         s = nv.score_neurons(model, x, [layer], n_samples=args.n_samples, keep_channel_means=True)

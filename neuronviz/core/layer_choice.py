@@ -36,7 +36,6 @@ The default model (neuronviz ``EfficientNetLite0``) has its layers chosen by mea
 
 from __future__ import annotations
 
-import sys
 from typing import Sequence
 
 import torch

@@ -136,7 +136,8 @@ class AceResult:
         """
         from ..core.tables import rows_to_frame
 
-        return rows_to_frame(self.as_rows(), ["problem", "observation"] if self.y_transform.dim() == 2 else ["observation"])
+        index = ["problem", "observation"] if self.y_transform.dim() == 2 else ["observation"]
+        return rows_to_frame(self.as_rows(), index)
 
 
 def _pad_cumsum(v: torch.Tensor) -> torch.Tensor:
@@ -282,7 +283,7 @@ class _SortedVariable:
         return new
 
     def cat(self, other: "_SortedVariable") -> "_SortedVariable":
-        """This variable's problems followed by those of ``other`` (same n)."""
+        """The problems of this variable followed by those of ``other`` (same n)."""
         if self.shared:
             return self
         if self.has_ties != other.has_ties:
@@ -316,11 +317,11 @@ class _SortedVariable:
             self.all_cv_ok = False
 
     def sort(self, v: torch.Tensor) -> torch.Tensor:
-        """v (B, n) in input order -> sorted like this variable."""
+        """Sort ``v`` (B, n), given in input order, like this variable."""
         return torch.gather(v, 1, self.order.expand_as(v))
 
     def unsort(self, v: torch.Tensor) -> torch.Tensor:
-        """v (B, n) sorted like this variable -> input order."""
+        """Put ``v`` (B, n), sorted like this variable, back in input order."""
         return torch.gather(v, 1, self.inverse.expand_as(v))
 
     # -- smoothing -------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_nets import tiny_cnn
 from torch import nn
 
 import neuronviz as nv
@@ -17,7 +18,6 @@ from neuronviz.core.layer_choice import (
     default_layers,
     pcace_default_layers,
 )
-from tiny_nets import tiny_cnn
 
 
 def summary_of(model, x):
