@@ -46,7 +46,7 @@ import traitlets
 from torch import nn
 
 from ..core.capture import LayerSummary, layer_summary
-from ..core.errors import NeuronvizError, NeuronvizWarning
+from ..core.errors import NeuronvizError
 from ..core.locks import hold_model
 from ..core.model_state import model_device
 from ..core.targets import check_class_output
@@ -631,33 +631,35 @@ def _descendants(root: W.Widget) -> Iterator[W.Widget]:
 
 # -- warnings raised in a worker thread reach that thread's view, not the notebook
 
-# each run's warnings belong to that run: shown every time, not once per place in the code
-warnings.filterwarnings("always", category=NeuronvizWarning)
 
 _collecting = threading.local()
-_original_showwarning = warnings.showwarning
+_original_warn = warnings.warn
 _install_guard = threading.Lock()
 _installed = False
 
 
-def _showwarning(message: Any, category: Any, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+def _warn(message: Any, category: Any = None, stacklevel: int = 1, source: Any = None) -> None:
+    # filters and showwarning are process-wide (and replaced by catch_warnings), so a worker
+    # thread's warnings are caught where they are raised, by thread
     sink = getattr(_collecting, "sink", None)
-    if sink is None:
-        _original_showwarning(message, category, filename, lineno, file, line)
-    else:
-        text = str(message)
-        if text not in sink:
-            sink.append(text)
+    if sink is not None:
+        kind = category or (type(message) if isinstance(message, Warning) else UserWarning)
+        if not issubclass(kind, (DeprecationWarning, PendingDeprecationWarning)):
+            text = str(message)
+            if text not in sink:
+                sink.append(text)
+            return
+    _original_warn(message, category, stacklevel + 1, source)
 
 
 class _collect_warnings:
-    """Within the block, warnings of this thread go to a list instead of the notebook."""
+    """Within the block, the warnings this thread raises go to a list instead of the notebook."""
 
     def __enter__(self) -> list[str]:
         global _installed
         with _install_guard:
             if not _installed:
-                warnings.showwarning = _showwarning
+                warnings.warn = _warn
                 _installed = True
         self._previous = getattr(_collecting, "sink", None)
         _collecting.sink = []
