@@ -228,6 +228,40 @@ def test_scores_of_another_model_are_refused(scored):
         render_scores(scores, renamed, x)
 
 
+def test_the_figure_is_drawn_from_data_and_render_scores_runs_one_forward_pass(scored):
+    from neuronviz.render import render_score_maps
+
+    net, x, scores = scored
+    store = {}
+    hooks = [dict(net.named_modules())[layer].register_forward_hook(
+        lambda m, i, o, layer=layer: store.__setitem__(layer, o.detach()[0])) for layer in LAYERS]
+    net.eval()
+    with torch.no_grad():
+        net(x)
+    net.train()
+    for h in hooks:
+        h.remove()
+    # from plain hooks, not neuronviz
+    maps = {layer: a if a.dim() == 3 else a.reshape(-1, 1, 1) for layer, a in store.items()}
+    image = np.full((24, 24, 3), 0.5, dtype=np.float32)
+    fig = render_score_maps(scores, maps, image, n_classes=5, k=2)  # no model at all
+    ax = axes_by_label(fig, f"neuron:correlation:conv1:{scores.top('correlation', 2)['conv1'][0]}")
+    (panel,) = ax.values()
+    c = scores.top("correlation", 2)["conv1"][0]
+    np.testing.assert_allclose(np.asarray(panel.get_images()[1].get_array()), upsample_map(maps["conv1"][c], (24, 24)),
+                               atol=1e-6)
+    with pytest.raises(nv.NeuronvizError, match="no maps"):
+        render_score_maps(scores, {"conv1": maps["conv1"]}, image)
+
+    passes = []
+    handle = net.register_forward_pre_hook(lambda m, a: passes.append(1))
+    try:
+        render_scores(scores, net, x, k=2)
+    finally:
+        handle.remove()
+    assert len(passes) == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # upsample_map
 
