@@ -160,11 +160,11 @@ class LayerBars(_ClickableBars):
                                      selected_style={}, unselected_style={}))
         self.max_mark = bqplot.Scatter(x=[], y=[], scales=scales, marker="diamond", default_size=40, colors=["#444444"])
         # layer names such as blocks.12.expand.act would overlap side by side: tilted
-        axes = [bqplot.Axis(scale=self.x_scale, label="layer (click a bar to show it)", tick_rotate=-25,
-                            tick_style={"text-anchor": "end"}, label_offset="62px"),
+        axes = [bqplot.Axis(scale=self.x_scale, label="layer (click a bar to show it)", tick_rotate=-20,
+                            label_offset="80px"),
                 bqplot.Axis(scale=self.y_scale, side="left", tick_format=".1f", label="score", label_offset="35px")]
         self.figure = _figure([self.bars_mark, self.max_mark], axes, "which layers carry the class",
-                              {"top": 40, "bottom": 85, "left": 50, "right": 10}, width, height + 40,
+                              {"top": 40, "bottom": 100, "left": 75, "right": 25}, width + 25, height + 50,
                               "nv-layer-ranking")
         self.table = W.HTML("")
         self.table.add_class("nv-ranking-table")
