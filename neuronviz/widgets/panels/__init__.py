@@ -7,11 +7,14 @@ and never start work: a view (:class:`neuronviz.widgets.view.View`) computes and
 
 from .detail import NeuronDetail
 from .export import ExportRow
+from .losses import LossPlot
+from .masks import MaskOverlay, StageMasks
 from .overlay import OverlayPanel
 from .runbar import RunBar
 from .scatter import NeuronScatter, scatter_positions
 from .selections import SelectionLists
 
 __all__ = [
-    "ExportRow", "NeuronDetail", "NeuronScatter", "OverlayPanel", "RunBar", "SelectionLists", "scatter_positions",
+    "ExportRow", "LossPlot", "MaskOverlay", "NeuronDetail", "NeuronScatter", "OverlayPanel", "RunBar", "SelectionLists",
+    "StageMasks", "scatter_positions",
 ]
