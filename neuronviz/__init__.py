@@ -6,7 +6,7 @@ copies of an image (input resampling), rank channels by PCACE, and draw it all i
 
 from .core import perturb
 from .core.capture import ActivationCapture, capture, layer_summary
-from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError
+from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError, NeuronvizTypeError, NeuronvizWarning
 from .core.targets import top_predictions
 from .data import augment, deprocess, imagenet_categories, load_digits, preprocess, sample_image, sample_image_names
 from .methods.ace import AceResult, ace, maximal_correlation
@@ -17,6 +17,7 @@ from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
 from .methods.knockout import KnockoutEffect, knockout, knockout_effect
 from .methods.faithfulness import FaithfulnessCurves, deletion_curve, mask_deletion_curve
 from .methods.resampling import NeuronScores, overlap, score_neurons
+from .methods.stability import SelectionStability, selection_stability
 from .models import default_model, digits_model
 from .figures import render_scores
 from .render.inversion import render_inversion

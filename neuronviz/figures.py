@@ -16,7 +16,7 @@ from torch import nn
 
 from .core.capture import ActivationCapture, resolve_layers
 from .core.errors import NeuronvizError
-from .core.locks import hold_model
+from .core.locks import hold_model, runs_model
 from .core.model_state import model_device, preserved_state
 from .core.validation import check_batch, check_image, forward_checked
 from .methods.pcace import PCACEScores, shown_maps
@@ -69,6 +69,7 @@ def clean_maps(
     return maps, output
 
 
+@runs_model
 def render_scores(
     scores: NeuronScores,
     model: nn.Module,
@@ -127,6 +128,7 @@ def render_scores(
     return render_score_maps(scores, maps, image, n_classes=n_classes, k=k, path=path, dpi=dpi, title=title)
 
 
+@runs_model
 def render_pcace(
     result: PCACEScores,
     model: nn.Module,

@@ -5,11 +5,38 @@ from __future__ import annotations
 import difflib
 from typing import Iterable
 
-__all__ = ["NeuronvizError", "LayerNotFoundError", "CaptureError", "closest_names"]
+__all__ = [
+    "NeuronvizError",
+    "NeuronvizTypeError",
+    "NeuronvizWarning",
+    "LayerNotFoundError",
+    "CaptureError",
+    "closest_names",
+]
 
 
 class NeuronvizError(ValueError):
-    """Base class of the errors raised for bad input or an unusable model."""
+    """Base class of the errors raised for bad input or an unusable model.
+
+    ``except nv.NeuronvizError`` catches every refusal of bad input; as a ``ValueError``
+    subclass, ``except ValueError`` keeps working too.
+    """
+
+
+class NeuronvizTypeError(NeuronvizError, TypeError):
+    """An argument of the wrong type (a function passed as the model, a string as a count...).
+
+    Both ``except nv.NeuronvizError`` and ``except TypeError`` catch it.
+    """
+
+
+class NeuronvizWarning(RuntimeWarning):
+    """A run finished but its result may mislead (every correlation NaN, an empty mask...).
+
+    Emitted with :func:`warnings.warn`; ``warnings.catch_warnings(record=True)`` around a call
+    collects them (the views show them), ``warnings.simplefilter("error", nv.NeuronvizWarning)``
+    turns them into errors.
+    """
 
 
 class LayerNotFoundError(NeuronvizError, KeyError):

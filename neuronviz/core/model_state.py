@@ -8,6 +8,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .validation import check_device
+
 __all__ = ["preserved_state", "model_device", "on_device", "resolve_device"]
 
 
@@ -71,17 +73,13 @@ def resolve_device(model: nn.Module, device: str | torch.device | None) -> torch
 
     Raises
     ------
-    ValueError
-        ``device`` is not a valid device string, or names CUDA when CUDA is not available.
+    NeuronvizError
+        ``device`` is not a valid device, is ``meta``, or names CUDA when CUDA is not available
+        (see :func:`neuronviz.core.validation.check_device`).
     """
-    if device is None:
+    dev = check_device(device)
+    if dev is None:
         return model_device(model)
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available here; use device='cpu'")
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     return dev

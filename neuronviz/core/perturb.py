@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import NeuronvizError, NeuronvizTypeError
+
 __all__ = [
     "Perturbation",
     "MultiplicativeGaussian",
@@ -92,7 +94,7 @@ class MultiplicativeGaussian(Perturbation):
 
     def __post_init__(self) -> None:
         if not self.sigma_step >= 0:
-            raise ValueError(f"sigma_step must be >= 0, got {self.sigma_step}")
+            raise NeuronvizError(f"sigma_step must be >= 0, got {self.sigma_step}")
 
     def perturb_one(self, x: torch.Tensor, index: int, generator: torch.Generator) -> torch.Tensor:
         if index == 0 or self.sigma_step == 0:
@@ -120,7 +122,7 @@ class AdditiveGaussian(Perturbation):
 
     def __post_init__(self) -> None:
         if not self.sigma >= 0:
-            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+            raise NeuronvizError(f"sigma must be >= 0, got {self.sigma}")
 
     def perturb_one(self, x: torch.Tensor, index: int, generator: torch.Generator) -> torch.Tensor:
         if index == 0:
@@ -153,7 +155,7 @@ class Occlusion(Perturbation):
 
     def __post_init__(self) -> None:
         if self.patch_size < 1 or self.n_patches < 1:
-            raise ValueError(f"patch_size and n_patches must be >= 1, got {self.patch_size}, {self.n_patches}")
+            raise NeuronvizError(f"patch_size and n_patches must be >= 1, got {self.patch_size}, {self.n_patches}")
 
     def perturb_one(self, x: torch.Tensor, index: int, generator: torch.Generator) -> torch.Tensor:
         if index == 0:
@@ -192,7 +194,7 @@ class GaussianBlur(Perturbation):
 
     def __post_init__(self) -> None:
         if not 0 <= self.sigma_min <= self.sigma_max:
-            raise ValueError(f"need 0 <= sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
+            raise NeuronvizError(f"need 0 <= sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
 
     def perturb_one(self, x: torch.Tensor, index: int, generator: torch.Generator) -> torch.Tensor:
         if index == 0:
@@ -271,8 +273,8 @@ def make(kind: str | Perturbation | None, **settings: float) -> Perturbation:
         return kind
     if isinstance(kind, str):
         if kind not in KINDS:
-            raise ValueError(f"unknown perturbation {kind!r}; choose one of {sorted(KINDS)}")
+            raise NeuronvizError(f"unknown perturbation {kind!r}; choose one of {sorted(KINDS)}")
         return KINDS[kind](**settings)
-    raise TypeError(
+    raise NeuronvizTypeError(
         f"perturbation must be a name {sorted(KINDS)} or an nv.perturb object, got {type(kind).__name__}"
     )

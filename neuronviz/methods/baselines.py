@@ -18,6 +18,7 @@ from torch import nn
 
 from ..core.capture import ActivationCapture, hooks, resolve_layers
 from ..core.errors import NeuronvizError
+from ..core.locks import runs_model
 from ..core.model_state import model_device, preserved_state
 from ..core.validation import check_image, forward_checked
 
@@ -255,10 +256,10 @@ class BaselineScores:
             Unknown metric name, or a metric that was not computed.
         """
         if name not in BASELINES:
-            raise ValueError(f"metric must be one of {BASELINES}, got {name!r}")
+            raise NeuronvizError(f"metric must be one of {BASELINES}, got {name!r}")
         values = getattr(self, name)
         if not values and self.layers:
-            raise ValueError(f"{name!r} was not computed for these scores")
+            raise NeuronvizError(f"{name!r} was not computed for these scores")
         return values
 
     def top(self, metric: str, k: int = 5) -> dict[str, list[int]]:
@@ -284,7 +285,7 @@ class BaselineScores:
             Unknown metric or ``k < 0``.
         """
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"k must be an integer >= 0, got {k!r}")
+            raise NeuronvizError(f"k must be an integer >= 0, got {k!r}")
         return {layer: _top(v, k) for layer, v in self.metric(metric).items()}
 
     def _activation(self, layer: str) -> dict[str, torch.Tensor]:
@@ -335,6 +336,7 @@ class BaselineScores:
         return f"BaselineScores(layers [{layers}])"
 
 
+@runs_model
 def baseline_scores(
     model: nn.Module,
     x: torch.Tensor,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 import sys
 from dataclasses import dataclass
 from typing import Callable, Sequence, Union
@@ -41,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.capture import ActivationCapture, layer_summary, resolve_layers
-from ..core.errors import NeuronvizError
+from ..core.errors import NeuronvizError, NeuronvizTypeError, NeuronvizWarning
+from ..core.locks import runs_model
 from ..core.model_state import model_device, on_device, preserved_state, resolve_device
 from ..core.perturb import gaussian_blur
 from ..core.progress import BACKWARD_COST, ProgressArg, images_of, is_long, reports_progress
@@ -77,7 +79,7 @@ PAPER_DELTA = 1.0
 #: Stage-2 L1 weight for EfficientNet-Lite0; see :func:`default_inversion_delta`.
 EFFICIENTNET_LITE0_DELTA = 0.01
 
-TargetsSpec = Union[None, int, Sequence[int], torch.Tensor, np.ndarray]
+TargetsSpec = Union[None, int, Sequence[int], torch.Tensor, np.ndarray, Callable[[object], torch.Tensor]]
 Background = Union[str, torch.Tensor]
 
 
@@ -196,6 +198,7 @@ def _vgg_like_layers(features: nn.Module) -> tuple[str, str] | None:
     return f"features.{relu}", f"features.{pool}"
 
 
+@runs_model
 def default_inversion_layers(model: nn.Module, x: torch.Tensor | None = None) -> tuple[str, str] | None:
     """The mask layer ``l1`` and feature layer ``l0`` used when none are named.
 
@@ -302,6 +305,7 @@ def _any_cnn_layers(model: nn.Module, x: torch.Tensor) -> tuple[str, str] | None
     return mask_layer, (later[-1] if later else mask_layer)
 
 
+@runs_model
 def default_inversion_delta(model: nn.Module) -> float:
     """The stage-2 L1 weight ``delta`` used when none is given.
 
@@ -393,27 +397,27 @@ def _check_number(value: object, name: str, *, positive: bool = False) -> float:
 
 
 def _as_index(t: object) -> int:
-    if isinstance(t, bool):
-        raise TypeError("a class index must be an int, not a bool")
+    if isinstance(t, (bool, np.bool_)):
+        raise NeuronvizTypeError("a class index must be an int, not a bool")
     if (isinstance(t, np.ndarray) and t.size == 1) or (isinstance(t, torch.Tensor) and t.numel() == 1):
         t = t.item()
     try:
         return operator.index(t)
     except TypeError:
-        raise TypeError(
-            f"target must be None, a class index or a list of class indices, got {type(t).__name__}"
+        raise NeuronvizTypeError(
+            f"target must be None, a class index, a list of class indices or a callable, got {type(t).__name__}"
         ) from None
 
 
-def _target_list(target: TargetsSpec, n_images: int) -> list[int | None]:
-    """One class (or None: predicted) per image; a list longer than a 1-image batch expands it."""
+def _target_list(target: TargetsSpec, n_images: int) -> list[int | None] | Callable:
+    """One class (or None: predicted) per image; a list longer than a 1-image batch expands it.
+
+    A callable target is returned as is.
+    """
     if target is None:
         return [None] * n_images
     if callable(target) and not isinstance(target, (torch.Tensor, np.ndarray)):
-        raise TypeError(
-            "guided feature inversion explains a class's softmax probability: target must be None, a class "
-            "index or a list of class indices, not a callable"
-        )
+        return target
     if isinstance(target, (torch.Tensor, np.ndarray)):
         if target.ndim == 0:
             return [_as_index(target)] * n_images
@@ -532,6 +536,7 @@ def blend(x: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> tupl
 # the method
 
 
+@runs_model
 @reports_progress(lambda a: is_long(images_of(a.arguments["x"]),
                                     ((a.arguments["stage1_steps"] or 10) + (a.arguments["stage2_steps"] or 70)) * BACKWARD_COST),
                   unit="step")
@@ -586,10 +591,15 @@ def guided_feature_inversion(
         A classifier returning (N, classes) scores.
     x : torch.Tensor
         (B, C, H, W) or (C, H, W) images, normalised as the model expects.
-    target : None, int, or sequence of int
+    target : None, int, sequence of int, or callable
         ``None``: the class predicted on each image; an int: that class for every image; a
         list, 1-D tensor or array: one class per image (``None`` items: predicted). One image
         with a list of K classes is explained once per class (``x`` is repeated K times).
+        A callable maps the model output of a batch (whatever the model returns: a tensor,
+        tuple, dict or ``ModelOutput``) to one value per image, (N,), which takes the place of
+        the class probability ``p_c`` in stage 2 (``target`` of the result is then ``None``
+        per image, ``probability`` the callable's value). Class targets read the model's
+        (N, classes) scores: the output tensor, its ``logits``, or its first tensor.
     mask_layer : str, optional
         ``l1``, whose channels make up the mask; its output must be (B, C, h, w). Default: see
         :func:`default_inversion_layers`; an unknown architecture without layers raises an error
@@ -675,11 +685,16 @@ def guided_feature_inversion(
     ------
     NeuronvizError
         Bad images (shape, dtype, NaN), a class out of range, unknown layer (closest names
-        suggested), a mask layer whose output is not 4-D, negative steps, ``lr <= 0``, negative
-        weights, unknown ``background`` or ``loss``, no default layers for the architecture, a
-        loss that became NaN or infinite.
-    TypeError
-        ``target`` of an unsupported type.
+        suggested), a mask layer whose output is not 4-D or is a 1x1 map, negative steps,
+        ``lr <= 0``, negative weights, unknown ``background`` or ``loss``, no default layers for
+        the architecture, a loss that became NaN or infinite.
+    NeuronvizTypeError
+        ``target`` of an unsupported type (also a ``TypeError``).
+
+    Warns
+    -----
+    NeuronvizWarning
+        A mask came out constant (every weight clipped to 0, e.g. with a far too large ``lr``).
 
     Examples
     --------
@@ -708,6 +723,9 @@ def guided_feature_inversion(
         x = x.unsqueeze(0)
     x = check_batch(x, model, what="x")
     targets = _target_list(target, x.shape[0])
+    score_fn = resolve_target(targets) if callable(targets) else None  # a callable of the model output
+    if score_fn is not None:
+        targets = [None] * x.shape[0]
     if x.shape[0] == 1 and len(targets) > 1:
         x = x.expand(len(targets), *x.shape[1:])
 
@@ -737,7 +755,8 @@ def guided_feature_inversion(
         # the original images, once: mask-layer features, l0 reference, prediction
         # channels first whatever the layer's layout (a Swin stage, ViT tokens on their grid)
         with torch.no_grad(), ActivationCapture(model, [mask_layer, feature_layer], layout="auto") as rec:
-            clean = check_class_output(forward_checked(model, x))
+            raw = forward_checked(model, x)
+            clean = check_class_output(raw) if score_fn is None else None
             feats = rec[mask_layer]
             ref = rec[feature_layer]
         if feats.dim() != 4:
@@ -745,12 +764,22 @@ def guided_feature_inversion(
                 f"mask_layer {mask_layer!r} gives an output of shape {tuple(feats.shape)}; the mask needs a "
                 "spatial map (B, C, h, w): choose a convolutional layer"
             )
-        classes = [
-            resolve_target(t, "probability", predict=lambda i=i: clean[i : i + 1]).class_index
-            for i, t in enumerate(targets)
-        ]
-        c_index = torch.tensor(classes, device=dev).unsqueeze(1)
-        probability = torch.softmax(clean.double(), dim=1).gather(1, c_index)[:, 0]
+        if feats.shape[2] * feats.shape[3] < 2:
+            raise NeuronvizError(
+                f"mask_layer {mask_layer!r} gives a {feats.shape[2]}x{feats.shape[3]} map (shape "
+                f"{tuple(feats.shape)}), so every mask would be constant; choose a layer with a spatial map of "
+                "at least 2x2, an earlier convolution (nv.layer_summary(model, x) lists the shapes)"
+            )
+        if score_fn is None:
+            classes = [
+                resolve_target(t, "probability", predict=lambda i=i: clean[i : i + 1]).class_index
+                for i, t in enumerate(targets)
+            ]
+            c_index = torch.tensor(classes, device=dev).unsqueeze(1)
+            probability = torch.softmax(clean.double(), dim=1).gather(1, c_index)[:, 0]
+        else:
+            classes = [None] * b
+            probability = score_fn(raw).double().detach()
         ref_norm2 = ref.double().pow(2).flatten(1).sum(1)
         p = make_background(x, background, seed)
 
@@ -790,10 +819,14 @@ def guided_feature_inversion(
                     for group in opt.param_groups:
                         group["lr"] = lr * 0.5 ** (k // LR_HALVING_STEPS)
                     keep, drop = blend(x, make_mask(w, feats, (height, width)), p)
-                    out = check_class_output(forward_checked(model, torch.cat([keep, drop])))
-                    prob = torch.softmax(out.double(), dim=1)
-                    p_keep = prob[:b].gather(1, c_index)[:, 0]
-                    p_drop = prob[b:].gather(1, c_index)[:, 0]
+                    raw = forward_checked(model, torch.cat([keep, drop]))
+                    if score_fn is None:
+                        prob = torch.softmax(check_class_output(raw).double(), dim=1)
+                        p_keep = prob[:b].gather(1, c_index)[:, 0]
+                        p_drop = prob[b:].gather(1, c_index)[:, 0]
+                    else:  # the callable's value takes the class probability's place
+                        value = score_fn(raw).double()
+                        p_keep, p_drop = value[:b], value[b:]
                     per_image = -p_keep + lam * p_drop + delta * w.double().sum(1)
                     losses2[:, k] = per_image.detach()
                     opt.zero_grad(set_to_none=True)
@@ -809,6 +842,7 @@ def guided_feature_inversion(
             w2 = w.detach()
             inversion_mask = make_mask(w1, feats, (height, width))[:, 0]
             mask = make_mask(w2, feats, (height, width))[:, 0]
+        _warn_empty(mask, inversion_mask, w1, w2, steps1, steps2, lr)
 
     return InversionResult(
         mask=mask.cpu(),
@@ -824,6 +858,32 @@ def guided_feature_inversion(
         loss=loss,
         delta=delta,
     )
+
+
+def _warn_empty(mask: torch.Tensor, inversion_mask: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
+                steps1: int, steps2: int, lr: float) -> None:
+    """Warn (:class:`NeuronvizWarning`) about masks that say nothing: all weights clipped to 0, or constant."""
+    for stage, m, w, steps in (("stage 1", inversion_mask, w1, steps1), ("stage 2", mask, w2, steps2)):
+        if not steps:
+            continue
+        flat = m.flatten(1)
+        zero = (w <= 0).all(1)
+        flat_map = ((flat.amax(1) - flat.amin(1)) <= 1e-6) & ~zero
+        if bool(zero.any()):
+            warnings.warn(
+                f"the {stage} mask of image(s) {zero.nonzero().flatten().tolist()} is empty: every channel weight "
+                f"was clipped to 0, so it shows nothing; lr={lr:g} may be too large (the default is 0.01) or the "
+                "sparsity weight (gamma in stage 1, delta in stage 2) too strong",
+                NeuronvizWarning,
+                stacklevel=4,
+            )
+        if bool(flat_map.any()):
+            warnings.warn(
+                f"the {stage} mask of image(s) {flat_map.nonzero().flatten().tolist()} is constant: the weighted "
+                "map of mask_layer does not vary over the image; choose another mask_layer",
+                NeuronvizWarning,
+                stacklevel=4,
+            )
 
 
 def _authors_recipe(model: nn.Module, x: torch.Tensor, target: object, targets: list, given_layers: tuple,

@@ -19,7 +19,6 @@ precision (``docs/methods-pcace-ace.md``).
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -27,17 +26,17 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import nn
 
-from ..core.batching import default_batch_size
+from ..core.batching import available_bytes, check_fits, default_batch_size
 from ..core.capture import ActivationCapture, resolve_layers
 from ..core.distributed import Ranks, all_reduce_covariance, shard, use_distributed
-from ..core.errors import NeuronvizError
-from ..core.locks import hold_model
+from ..core.errors import NeuronvizError, NeuronvizTypeError, NeuronvizWarning
+from ..core.locks import hold_model, runs_model
 from ..core.model_state import model_device, on_device, preserved_state, resolve_device
 from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.stats import PositionCovariance
 from ..core.streams import RowBuffer, check_reiterable, count_hint, is_batch_stream, iter_batches
 from ..core.targets import TargetSpec, resolve_target
-from ..core.validation import check_batch, forward_checked
+from ..core.validation import check_batch, check_images_source, check_int, forward_checked
 from .ace import ace_batch
 
 __all__ = [
@@ -351,13 +350,31 @@ def _reporter(progress: Progress | None, images: object, passes: int) -> Callabl
     return report
 
 
-def _available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return 2**62
+_available_bytes = available_bytes
+
+
+def _check_request(
+    maps: dict[str, torch.Tensor], images: object, n_components: int, where: torch.device, store_bytes: int | None
+) -> None:
+    """Refuse at the first batch what cannot work: more components than positions, or more memory than free.
+
+    ``store_bytes``: bytes per stored activation when the activations are held (None: streaming).
+    """
+    for name, a in maps.items():
+        if n_components > a.shape[2]:
+            raise NeuronvizError(
+                f"n_components={n_components}, but a channel of layer {name!r} has {a.shape[2]} position(s), so "
+                f"it has at most {a.shape[2]} principal component(s); pass n_components <= {a.shape[2]}"
+            )
+    n = count_hint(images)
+    if n is None:
+        return
+    channels = sum(a.shape[1] for a in maps.values())
+    need = 2 * 8.0 * n * channels * n_components  # the (C, N, q) float64 projections and their ACE inputs
+    if store_bytes is not None:
+        need += float(n) * sum(a.shape[1] * a.shape[2] for a in maps.values()) * store_bytes
+    check_fits(need, where, f"PCACE's activations and projections of {n:,} images at {list(maps)}",
+               "pass fewer images or fewer layers" + (", store_dtype=torch.float16 or offload='cpu'" if store_bytes else ""))
 
 
 def _maps(a: torch.Tensor, name: str) -> torch.Tensor:
@@ -380,6 +397,7 @@ def _gather(
     store_dtype: torch.dtype,
     store_device: torch.device | None,
     progress: Progress | None = None,
+    n_components: int = 1,
 ) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor, int | None]:
     """One forward pass per batch: every layer's maps (kept once, as chunks) and the target values."""
     report = _reporter(progress, images, 1)
@@ -397,7 +415,9 @@ def _gather(
             out = forward_checked(model, batch)
             acts = rec.outputs()
             if tgt is None:
-                tgt = resolve_target(target, "logit", predict=lambda: out[:1])
+                tgt = resolve_target(target, "logit", predict=lambda: out)
+                _check_request({n: _maps(acts[n], n) for n in layers}, images, n_components,
+                               store_device or dev, torch.finfo(store_dtype).bits // 8)
             values.append(tgt(out).double().cpu())
             for name in layers:
                 a = _maps(acts[name], name)
@@ -413,7 +433,7 @@ def _gather(
             rec.clear()
             report(batch.shape[0])  # inside the hooks' scope: raising here removes them on the way out
     if tgt is None:
-        raise NeuronvizError("images is empty")
+        raise NeuronvizError(f"images is empty; PCACE needs at least {MIN_IMAGES} images")
     return chunks, torch.cat(values), tgt.class_index
 
 
@@ -462,7 +482,7 @@ def _score_chunks(
 
 
 def _check_args(n_components: int, variant: str) -> None:
-    if not isinstance(n_components, int) or n_components < 1:
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
         raise NeuronvizError(f"n_components must be a positive integer, got {n_components!r}")
     if variant not in VARIANTS:
         raise NeuronvizError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -581,8 +601,10 @@ def _stream_scores(
                     out = rec.forward(batch.to(dev))
                     acts = rec.outputs()
                     if tgt is None:
-                        tgt = resolve_target(target, "logit", predict=lambda: out[:1])
+                        tgt = resolve_target(target, "logit", predict=lambda: out)
                     maps = {name: _maps(acts[name], name) for name in names}
+                    if not covs:
+                        _check_request(maps, images, n_components, dev, None)
                     rec.clear()
                     if not covs:
                         _check_fits(maps, dev, may_fall_back)
@@ -618,7 +640,7 @@ def _stream_scores(
                     out = rec.forward(batch.to(dev))
                     acts = rec.outputs()
                     if tgt is None:  # a loader that was empty on the first pass
-                        tgt = resolve_target(target, "logit", predict=lambda: out[:1])
+                        tgt = resolve_target(target, "logit", predict=lambda: out)
                     values.append(tgt(out).double())
                     for name in names:
                         mean, directions, _ = components[name]
@@ -675,7 +697,7 @@ def _agree(
         header += list(shapes.get(name, (0, 0)))
     rows = [r for r in ranks.gather_ints(header) if r[0] > 0]
     if not rows:
-        raise NeuronvizError("images is empty")
+        raise NeuronvizError(f"images is empty; PCACE needs at least {MIN_IMAGES} images")
     classes = {r[1] for r in rows}
     if len(classes) > 1:
         raise NeuronvizError(
@@ -693,6 +715,7 @@ def _agree(
     return (None if cls < 0 else cls), agreed
 
 
+@runs_model
 @reports_progress(lambda a: is_long(images_of(a.arguments["images"])), unit="image")
 def pcace(
     model: nn.Module,
@@ -796,7 +819,9 @@ def pcace(
         Distributed, when another rank failed (that rank raises its own error).
     """
     if not isinstance(layer, str):
-        raise TypeError(f"layer must be one layer name, got {type(layer).__name__}; rank_layers takes several")
+        raise NeuronvizTypeError(
+            f"layer must be one layer name, got {type(layer).__name__}; rank_layers takes several"
+        )
     ranking = rank_layers(
         model, images, [layer], target, n_components=n_components, batch_size=batch_size, device=device,
         variant=variant, store_dtype=store_dtype, offload=offload, streaming=streaming, distributed=distributed,
@@ -805,6 +830,7 @@ def pcace(
     return ranking[layer]
 
 
+@runs_model
 @reports_progress(lambda a: is_long(images_of(a.arguments["images"])), unit="image")
 def rank_layers(
     model: nn.Module,
@@ -848,6 +874,12 @@ def rank_layers(
         As :func:`pcace`.
     """
     _check_args(n_components, variant)
+    check_images_source(images)
+    k = check_int(k, "k (the top channels each layer's summary averages)", 1)
+    if batch_size is not None:
+        check_int(batch_size, "batch_size (or None: automatic)", 1)
+    if store_dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise NeuronvizError(f"store_dtype must be a float dtype such as torch.float32 or torch.float16, got {store_dtype!r}")
     if target is None:
         raise NeuronvizError("PCACE needs a target: a class index or a callable of the model output")
     names = list(resolve_layers(model, layers))
@@ -862,9 +894,9 @@ def rank_layers(
             )
             return LayerRanking(results, k)
         except _TooBig as err:
-            warnings.warn(f"{err}; holding the activations instead", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{err}; holding the activations instead", NeuronvizWarning, stacklevel=3)
     store = torch.device(offload) if offload is not None else None
-    chunks, y, cls = _gather(model, images, names, target, batch_size, dev, store_dtype, store, progress)
+    chunks, y, cls = _gather(model, images, names, target, batch_size, dev, store_dtype, store, progress, n_components)
     results = {}
     for name in names:
         results[name] = _finish(chunks.pop(name), y, name, cls, n_components, variant, dev)  # free as we go

@@ -15,11 +15,12 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..core.batching import default_batch_size, run_batched
+from ..core.batching import check_batch_request, default_batch_size, run_batched
 from ..core.capture import ActivationCapture, resolve_layers
 from ..core.layouts import LayoutSpec
 from ..core.distributed import Ranks, all_reduce_comoments, shard, use_distributed
-from ..core.errors import NeuronvizError
+from ..core.errors import NeuronvizError, NeuronvizTypeError, NeuronvizWarning
+from ..core.locks import runs_model
 from ..core.model_state import on_device, preserved_state, resolve_device
 from ..core.perturb import Perturbation, make as make_perturbation
 from ..core.progress import ProgressArg, images_of, is_long, reports_progress
@@ -27,7 +28,7 @@ from ..core.stats import CoMoments
 from ..core.tables import Row, rows_to_frame
 from ..core.streams import RowBuffer, count_hint, is_batch_stream, iter_batches
 from ..core.targets import Target, TargetSpec, resolve_target
-from ..core.validation import check_batch, check_image, forward_checked
+from ..core.validation import check_batch, check_image, check_images_source, forward_checked
 
 __all__ = ["NeuronScores", "score_neurons", "overlap", "METRICS"]
 
@@ -146,7 +147,7 @@ class NeuronScores:
             Unknown metric name.
         """
         if name not in METRICS:
-            raise ValueError(f"metric must be one of {METRICS}, got {name!r}")
+            raise NeuronvizError(f"metric must be one of {METRICS}, got {name!r}")
         return getattr(self, name)
 
     def top(self, metric: str, k: int = 5) -> dict[str, list]:
@@ -168,7 +169,7 @@ class NeuronScores:
             Channel indices, or ``(c, h, w)`` tuples when scored per unit.
         """
         if k < 0:
-            raise ValueError(f"k must be >= 0, got {k}")
+            raise NeuronvizError(f"k must be >= 0, got {k}")
         out: dict[str, list] = {}
         for layer, s in self.metric(metric).items():
             flat = s.reshape(-1)
@@ -249,13 +250,18 @@ def overlap(a: Selection, b: Selection, kind: str = "paper") -> float:
 
     Raises
     ------
-    ValueError
-        Unknown ``kind`` or selections over different layers.
+    NeuronvizError
+        Unknown ``kind``, selections that are not mappings or cover different layers.
     """
     if kind not in ("paper", "jaccard"):
-        raise ValueError(f"kind must be 'paper' or 'jaccard', got {kind!r}")
+        raise NeuronvizError(f"kind must be 'paper' or 'jaccard', got {kind!r}")
+    for name, sel in (("a", a), ("b", b)):
+        if not isinstance(sel, Mapping):
+            raise NeuronvizTypeError(
+                f"{name} must be a selection {{layer: [channels]}} as NeuronScores.top() returns, got {type(sel).__name__}"
+            )
     if set(a) != set(b):
-        raise ValueError(f"the selections cover different layers: {sorted(a)} vs {sorted(b)}")
+        raise NeuronvizError(f"the selections cover different layers: {sorted(a)} vs {sorted(b)}")
     inter = denom = 0
     for layer in a:
         sa, sb = {_hashable(v) for v in a[layer]}, {_hashable(v) for v in b[layer]}
@@ -306,6 +312,7 @@ def _finalise(
             excluded.reshape(view).cpu(), rule)
 
 
+@runs_model
 @reports_progress(lambda a: is_long(a.arguments["n_samples"] if a.arguments["samples"] is None
                                     else images_of(a.arguments["samples"])), unit="image")
 def score_neurons(
@@ -444,6 +451,8 @@ def score_neurons(
     dev = resolve_device(model, device)
     x = check_image(x, model)
     active = use_distributed(distributed)
+    if samples is not None:
+        check_images_source(samples, "samples")
     stream = samples is not None and is_batch_stream(samples)
     if samples is not None and not stream:
         # a rank's shard may be small; the total is checked once the ranks have reported
@@ -455,8 +464,12 @@ def score_neurons(
         pert = make_perturbation(perturbation)
     else:
         pert = None
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise NeuronvizError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+    check_batch_request(x, n_samples if samples is None else None, batch_size, dev)
+    for flag, value in (("per_unit", per_unit), ("keep_channel_means", keep_channel_means)):
+        if not isinstance(value, bool):
+            raise NeuronvizTypeError(f"{flag} must be True or False, got {value!r}")
     if not isinstance(dead_threshold, (int, float)) or math.isnan(dead_threshold):
         raise NeuronvizError(f"dead_threshold must be a number, got {dead_threshold!r}")
     keep = _check_keep_maps(keep_maps, None if stream or active else (n_samples if samples is None else len(samples)))
@@ -478,7 +491,7 @@ def score_neurons(
                 clean_copy = pert is not None and pert.first_is_original and isinstance(first_out, torch.Tensor)
                 if is_first_copy and clean_copy:
                     # copy 0 is x itself: its output is the clean prediction, no extra forward
-                    predict = lambda: first_out[:1]  # noqa: E731
+                    predict = lambda: first_out  # noqa: E731  (its first row is x's)
                 else:
                     predict = lambda: forward_checked(model, x)  # noqa: E731
                 state["t"] = resolve_target(target, output, predict=predict)
@@ -548,8 +561,8 @@ def score_neurons(
             warnings.warn(
                 "the target value is the same on every perturbed sample, so every correlation is NaN; "
                 "use output='logit', a stronger perturbation, or another target",
-                RuntimeWarning,
-                stacklevel=2,
+                NeuronvizWarning,
+                stacklevel=3,  # the caller of the public function (runs_model wraps it)
             )
         corr, prec, mean, excluded, rules = {}, {}, {}, {}, {}
         for name in names:

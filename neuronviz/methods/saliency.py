@@ -44,6 +44,8 @@ from typing import Sequence, Union
 import numpy as np
 import torch
 
+from ..core.errors import NeuronvizError
+
 __all__ = ["Box", "box_from_mask", "iou", "pointing_hit", "read_voc_boxes", "resize_box"]
 
 Box = tuple[int, int, int, int]
@@ -55,9 +57,9 @@ def _to_numpy(mask: MaskLike, name: str = "mask") -> np.ndarray:
         mask = mask.detach().cpu().numpy()
     arr = np.asarray(mask, dtype=np.float64)
     if arr.size == 0:
-        raise ValueError(f"{name} is empty")
+        raise NeuronvizError(f"{name} is empty")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+        raise NeuronvizError(f"{name} contains NaN or infinite values")
     return arr
 
 
@@ -94,21 +96,21 @@ def box_from_mask(mask: MaskLike, alpha: float = 1.5) -> Box | list[Box]:
     """
     arr = _to_numpy(mask)
     if not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+        raise NeuronvizError(f"alpha must be a finite number, got {alpha!r}")
     if arr.ndim == 2:
         return _box_of_one(arr, alpha)
     if arr.ndim == 3:
         return [_box_of_one(m, alpha) for m in arr]
-    raise ValueError(f"mask must be (H, W) or (B, H, W), got shape {arr.shape}")
+    raise NeuronvizError(f"mask must be (H, W) or (B, H, W), got shape {arr.shape}")
 
 
 def _check_box(box: Sequence[int], name: str) -> tuple[int, int, int, int]:
     try:
         x0, y0, x1, y1 = (int(v) for v in box)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be (x0, y0, x1, y1), got {box!r}") from None
+        raise NeuronvizError(f"{name} must be (x0, y0, x1, y1), got {box!r}") from None
     if x1 < x0 or y1 < y0:
-        raise ValueError(f"{name} {box!r} has x1 < x0 or y1 < y0")
+        raise NeuronvizError(f"{name} {box!r} has x1 < x0 or y1 < y0")
     return x0, y0, x1, y1
 
 
@@ -172,12 +174,12 @@ def pointing_hit(mask: MaskLike, boxes: Sequence[int] | Sequence[Sequence[int]],
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2:
-        raise ValueError(f"mask must be (H, W), got shape {arr.shape}")
+        raise NeuronvizError(f"mask must be (H, W), got shape {arr.shape}")
     if not tolerance >= 0:
-        raise ValueError(f"tolerance must be >= 0, got {tolerance!r}")
+        raise NeuronvizError(f"tolerance must be >= 0, got {tolerance!r}")
     boxes = list(boxes)
     if not boxes:
-        raise ValueError("boxes is empty")
+        raise NeuronvizError("boxes is empty")
     if not isinstance(boxes[0], (Sequence, np.ndarray, torch.Tensor)):
         boxes = [boxes]  # a single box
     y, x = np.unravel_index(int(np.argmax(arr)), arr.shape)

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..core.errors import NeuronvizError
+
 __all__ = ["StaticFigure", "SAVE_FORMATS", "FONT_SIZES", "check_path", "check_display_image", "class_label", "save"]
 
 SAVE_FORMATS = (".png", ".svg", ".pdf")
@@ -44,7 +46,7 @@ def check_path(path: str | Path | None) -> Path | None:
         return None
     path = Path(path)
     if path.suffix.lower() not in SAVE_FORMATS:
-        raise ValueError(
+        raise NeuronvizError(
             f"cannot save a figure as {path.name!r}: the file name must end in one of {', '.join(SAVE_FORMATS)}"
         )
     return path
@@ -56,7 +58,7 @@ def check_display_image(image: np.ndarray) -> np.ndarray:
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim != 3 or img.shape[2] != 3 or 0 in img.shape:
-        raise ValueError(f"image must be an (H, W, 3) float array with values in [0, 1], got shape {img.shape}")
+        raise NeuronvizError(f"image must be an (H, W, 3) float array with values in [0, 1], got shape {img.shape}")
     return np.clip(np.nan_to_num(img), 0.0, 1.0)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..core.errors import NeuronvizError
+from ..core.errors import NeuronvizError, NeuronvizTypeError
 from ..methods.inversion import InversionResult
 from .figure import FONT_SIZES, StaticFigure, check_display_image, check_path, class_label, save
 
@@ -56,6 +56,10 @@ def render_inversion(
         Neither or both of ``x`` and ``pictures``, images and masks of different counts or sizes,
         or an unsupported suffix.
     """
+    if not isinstance(result, InversionResult):
+        raise NeuronvizTypeError(
+            f"result must be what nv.guided_feature_inversion returns (an InversionResult), got {type(result).__name__}"
+        )
     path = check_path(path)
     masks, stage1 = result.mask, result.inversion_mask
     images = _images(x, pictures)

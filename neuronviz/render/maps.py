@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.capture import ActivationCapture, resolve_layers
+from ..core.errors import NeuronvizError
 from ..core.model_state import model_device, preserved_state
 from ..core.validation import check_batch, check_image, forward_checked
 
@@ -117,9 +118,9 @@ def upsample_map(a: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """
     a = torch.as_tensor(a)
     if a.dim() != 2:
-        raise ValueError(f"upsample_map expects one (H, W) map, got shape {tuple(a.shape)}")
+        raise NeuronvizError(f"upsample_map expects one (H, W) map, got shape {tuple(a.shape)}")
     if len(size) != 2 or any(int(s) < 1 for s in size):
-        raise ValueError(f"size must be (height, width) with positive sides, got {size!r}")
+        raise NeuronvizError(f"size must be (height, width) with positive sides, got {size!r}")
     a = torch.nan_to_num(a.detach().to("cpu", torch.float32))
     up = F.interpolate(a[None, None], size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)[0, 0]
     lo, hi = float(up.min()), float(up.max())

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..core.errors import NeuronvizError
+from ..core.errors import NeuronvizError, NeuronvizTypeError
 from ..methods.pcace import LayerRanking, PCACEScores
 from .figure import FONT_SIZES, StaticFigure, check_path, class_label, save
 from .formatting import format_score
@@ -173,6 +173,10 @@ def render_layer_ranking(ranking: LayerRanking, *, path: str | Path | None = Non
     -------
     matplotlib.figure.Figure
     """
+    if not isinstance(ranking, LayerRanking):
+        raise NeuronvizTypeError(
+            f"ranking must be what nv.rank_layers returns (a LayerRanking), got {type(ranking).__name__}"
+        )
     path = check_path(path)
     names = list(ranking.layers)
     fig = StaticFigure(figsize=(max(4.0, 1.1 * len(names) + 2), 3.6), dpi=dpi, layout="constrained")

@@ -386,9 +386,13 @@ def test_unknown_layer_suggests_the_closest_name(net):
         guided_feature_inversion(net, stripe_image([]), mask_layer="pool", feature_layer="relu_2")
 
 
-def test_callable_target_is_refused(net):
-    with pytest.raises(TypeError, match="softmax probability"):
-        guided_feature_inversion(net, stripe_image([]), target=lambda out: out[:, 0], **LAYERS)
+def test_a_callable_target_takes_the_place_of_the_class_probability(net):
+    x = stripe_image([("v", (4, 4))], seed=3)
+    by_class = guided_feature_inversion(net, x, target=1, **LAYERS)
+    by_callable = guided_feature_inversion(net, x, target=lambda out: torch.softmax(out, 1)[:, 1], **LAYERS)
+    assert by_callable.target == [None]
+    torch.testing.assert_close(by_callable.mask, by_class.mask, rtol=0, atol=1e-5)
+    torch.testing.assert_close(by_callable.probability, by_class.probability)
 
 
 def test_non_finite_loss_is_reported():
