@@ -52,6 +52,8 @@ __all__ = [
     "LayerNotFoundError",
     "NeuronScores",
     "NeuronvizError",
+    "NeuronvizTypeError",
+    "NeuronvizWarning",
     "augment",
     "capture",
     "default_model",
