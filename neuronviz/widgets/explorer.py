@@ -17,12 +17,11 @@ import torch
 from torch import nn
 
 from ..core.errors import NeuronvizError
-from ..core.layer_choice import default_layers, spatial_convolutions
-from ..core.model_state import model_device, resolve_device
+from ..core.layer_choice import default_layers
+from ..core.model_state import resolve_device
 from ..core.validation import check_image
 from ..methods.resampling import NeuronScores, score_neurons
 from ..render.explorer import ExplorerView, render_explorer
-from ..render.figure import check_path
 from ..render.formatting import format_score
 from ..render.pcace import display_images
 from .panels import NeuronDetail, NeuronScatter, OverlayPanel, SelectionLists
@@ -579,34 +578,3 @@ def demo(image: str = "cat", layers: Sequence[str] | None = None, **kwargs: Any)
     from ..models import default_model
 
     return NeuronExplorer(default_model(), preprocess(sample_image(image)), layers, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
-# names other views still import from here; they go once those views are built on View
-
-
-def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
-    return Int(lo, hi)(value, name)
-
-
-def _check_device(model: nn.Module, device: object) -> str:
-    if device is None:
-        return model_device(model).type
-    if not isinstance(device, str):
-        raise NeuronvizError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    try:
-        return resolve_device(model, device).type
-    except ValueError as err:
-        raise NeuronvizError(str(err)) from None
-
-
-def _check_save_path(path: str | Path) -> Path | None:
-    try:
-        return check_path(path)
-    except ValueError as err:
-        raise NeuronvizError(str(err)) from None
-
-
-_resize = resize
-_display_picture = display_picture
-__all__ += ["spatial_convolutions"]
