@@ -17,6 +17,8 @@ from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
 from .methods.knockout import KnockoutEffect, knockout, knockout_effect
 from .methods.faithfulness import FaithfulnessCurves, deletion_curve, mask_deletion_curve
 from .methods.resampling import NeuronScores, overlap, score_neurons
+from .methods.examples import TopExamples, top_examples
+from .core.receptive_field import ReceptiveField, receptive_field
 from .methods.stability import SelectionStability, selection_stability
 from .models import default_model, digits_model
 from .figures import render_scores
@@ -70,6 +72,10 @@ __all__ = [
     "sample_image_names",
     "score_neurons",
     "top_predictions",
+    "TopExamples",
+    "top_examples",
+    "ReceptiveField",
+    "receptive_field",
     "FaithfulnessCurves",
     "KnockoutEffect",
     "deletion_curve",
