@@ -10,7 +10,10 @@ import torch
 
 from .errors import NeuronvizError
 
-__all__ = ["default_batch_size", "is_out_of_memory", "chunks", "run_batched", "available_bytes", "check_fits", "check_batch_request"]
+__all__ = [
+    "default_batch_size", "is_out_of_memory", "chunks", "run_batched", "available_bytes", "check_fits",
+    "check_batch_request",
+]
 
 
 def available_bytes(device: torch.device) -> int:
@@ -58,7 +61,8 @@ def check_fits(need: float, device: torch.device, what: str, advice: str, *, sha
     free = available_bytes(device)
     if need > share * free:
         raise NeuronvizError(
-            f"{what} need about {need / 2**30:,.1f} GiB, more than the {free / 2**30:,.1f} GiB free on {device}; {advice}"
+            f"{what} need about {need / 2**30:,.1f} GiB, more than the {free / 2**30:,.1f} GiB free on {device}; "
+            f"{advice}"
         )
 
 

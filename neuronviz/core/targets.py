@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from .locks import runs_model
 
 __all__ = ["Target", "TargetSpec", "resolve_target", "check_class_output", "class_scores", "top_predictions"]
 
-TargetSpec = Union[None, int, Callable[[torch.Tensor], torch.Tensor]]
+TargetSpec = Union[None, int, Callable[[Any], torch.Tensor]]
 
 OUTPUT_KINDS = ("probability", "logit")
 
@@ -43,8 +43,9 @@ def class_scores(out: object) -> object:
         if isinstance(out.get("logits"), torch.Tensor):
             return out["logits"]
         return next((v for v in out.values() if isinstance(v, torch.Tensor)), out)
-    if isinstance(getattr(out, "logits", None), torch.Tensor):
-        return out.logits
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
     if isinstance(out, (tuple, list)):
         return next((v for v in out if isinstance(v, torch.Tensor)), out)
     return out
@@ -115,9 +116,10 @@ class Target:
 
     class_index: int | None
     output: str
-    fn: Callable[[torch.Tensor], torch.Tensor]
+    fn: Callable[[Any], torch.Tensor]
 
     def __call__(self, model_output: object) -> torch.Tensor:
+        """The (N,) target values of a batch's model output, checked to be one per image."""
         values = self.fn(model_output)
         primary = class_scores(model_output)
         n = primary.shape[0] if isinstance(primary, torch.Tensor) and primary.dim() > 0 else None
@@ -131,7 +133,7 @@ def resolve_target(
     target: TargetSpec,
     output: str = "probability",
     *,
-    predict: Callable[[], torch.Tensor] | None = None,
+    predict: Callable[[], object] | None = None,
 ) -> Target:
     """Resolve a user's ``target`` into a :class:`Target`.
 
@@ -177,10 +179,10 @@ def resolve_target(
     c = int(target)
 
     if output == "probability":
-        def fn(out: torch.Tensor) -> torch.Tensor:
+        def fn(out: object) -> torch.Tensor:
             return torch.softmax(check_class_output(out).double(), dim=1)[:, c]
     else:
-        def fn(out: torch.Tensor) -> torch.Tensor:
+        def fn(out: object) -> torch.Tensor:
             return check_class_output(out)[:, c].double()
     return Target(c, output, fn)
 

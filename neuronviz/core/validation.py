@@ -137,7 +137,8 @@ def check_number(value: Any, name: str, lo: float | None = None, hi: float | Non
             bounds.append(f"{'>' if strict_lo else '>='} {lo:g}")
         if hi is not None:
             bounds.append(f"<= {hi:g}")
-        raise NeuronvizError(f"{name} must be a finite number{' ' + ' and '.join(bounds) if bounds else ''}, got {value!r}")
+        shown = " " + " and ".join(bounds) if bounds else ""
+        raise NeuronvizError(f"{name} must be a finite number{shown}, got {value!r}")
     return v
 
 

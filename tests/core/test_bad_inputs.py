@@ -23,11 +23,10 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
+from tiny_nets import tiny_cnn
 from torch import nn
 
 import neuronviz as nv
-
-from tiny_nets import tiny_cnn
 
 CUDA = torch.cuda.is_available()
 GFI = {"mask_layer": "conv1", "feature_layer": "conv2", "stage1_steps": 1, "stage2_steps": 1}
@@ -556,7 +555,8 @@ def test_models_returning_tuples_dicts_or_model_outputs_are_read_by_their_logits
     a = nv.score_neurons(wrapped, x, "net.conv2", n_samples=6)
     b = nv.score_neurons(plain, x, "net.conv2", n_samples=6)
     assert a.target == b.target and torch.equal(a.correlation["net.conv2"], b.correlation["net.conv2"])
-    assert torch.equal(nv.pcace(wrapped, images(), "net.conv2", 1).scores, nv.pcace(plain, images(), "net.conv2", 1).scores)
+    assert torch.equal(nv.pcace(wrapped, images(), "net.conv2", 1).scores,
+                       nv.pcace(plain, images(), "net.conv2", 1).scores)
     layers = {"mask_layer": "net.conv1", "feature_layer": "net.conv2", "stage1_steps": 2, "stage2_steps": 2}
     torch.testing.assert_close(nv.guided_feature_inversion(wrapped, x, **layers).mask,
                                nv.guided_feature_inversion(plain, x, **layers).mask)

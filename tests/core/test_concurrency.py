@@ -7,11 +7,10 @@ import time
 
 import pytest
 import torch
+from tiny_nets import tiny_cnn
 
 import neuronviz as nv
 from neuronviz.core.locks import hold_model, is_held, model_lock, runs_model
-
-from tiny_nets import tiny_cnn
 
 LAYERS = {"mask_layer": "conv1", "feature_layer": "conv2"}
 
