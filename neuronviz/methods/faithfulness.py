@@ -9,8 +9,11 @@ The area under the curve is taken by the trapezoid rule over ``k / K`` (K the la
 by ``o(x)`` and by the span of ``k / K`` (1 when the ks start at 0), so it is the curve's mean
 height relative to the unperturbed output and compares across rankings, layers, models and
 images: a lower deletion AUC and a higher insertion AUC mean a ranking whose top neurons carry
-more of the output. Random rankings (``random`` seeds, each a uniform permutation of the layer's
-neurons) give the reference, as their mean and 5-95 % band.
+more of the output. Correlation is a magnitude (``|Pearson|``), so its top neurons may push the
+output either way: each curve also reports its mean ``|o_k / o(x) - 1|`` (:func:`mean_change`,
+``influence``), how far the output moves whichever way. Random rankings (``random`` seeds, each a
+uniform permutation of the layer's neurons, or of all the layers' neurons for the curve across
+layers) give the reference, as their mean and 5-95 % band.
 
 Rankings of several layers are compared per layer, and optionally across the layers, merged by
 rank: rank 0 of every layer (in the order of ``layers``), then rank 1, ... (scores of different
@@ -55,6 +58,7 @@ from .resampling import METRICS, NeuronScores
 
 __all__ = [
     "Curve", "FaithfulnessCurves", "deletion_curve", "mask_deletion_curve", "collect_rankings", "normalised_auc",
+    "mean_change",
     "MODES", "ALL_LAYERS", "PIXELS", "register_plotter",
 ]
 
@@ -108,6 +112,28 @@ def normalised_auc(values: np.ndarray, fraction: np.ndarray, original: float) ->
     return area / float(f[-1] - f[0])
 
 
+def mean_change(values: np.ndarray, fraction: np.ndarray, original: float) -> float:
+    """:func:`normalised_auc` of ``|values / original - 1|``: how far the curve strays from the unperturbed output.
+
+    Parameters
+    ----------
+    values : numpy.ndarray
+        The curve.
+    fraction : numpy.ndarray
+        ``k / K`` of each point.
+    original : float
+        ``o(x)``.
+
+    Returns
+    -------
+    float
+        0 for a flat curve; NaN when ``original`` is 0.
+    """
+    if original == 0:
+        return math.nan
+    return normalised_auc(np.abs(np.asarray(values, dtype=float) / original - 1.0), fraction, 1.0)
+
+
 @dataclass
 class Curve:
     """One deletion or insertion curve.
@@ -133,6 +159,12 @@ class Curve:
         (R, P) the curve of each random seed.
     aucs : numpy.ndarray or None
         (R,) the AUC of each random seed.
+    influence : float
+        :func:`mean_change` of the curve: the mean of ``|o_k / o(x) - 1|``, how far the output
+        moves whichever way (knocking out a neuron that works against the class raises the
+        output, which the AUC counts as unfaithful); random: the mean over seeds.
+    influences : numpy.ndarray or None
+        (R,) the influence of each random seed.
     """
 
     ranking: str
@@ -144,6 +176,8 @@ class Curve:
     auc: float
     seeds: np.ndarray | None = None
     aucs: np.ndarray | None = None
+    influence: float = math.nan
+    influences: np.ndarray | None = None
 
     @property
     def fraction(self) -> np.ndarray:
@@ -279,14 +313,15 @@ class FaithfulnessCurves:
                     "group": c.group, "ranking": c.ranking, "mode": c.mode, "k": int(k),
                     "fraction": float(c.fraction[i]), "value": v,
                     "relative": v / self.original if self.original else math.nan,
-                    "low": float(lo[i]), "high": float(hi[i]), "auc": c.auc,
+                    "low": float(lo[i]), "high": float(hi[i]), "auc": c.auc, "influence": c.influence,
                 })
         return rows
 
     def table(self) -> str:
         """The AUCs as a text table: one line per group and ranking (random: mean and 5-95 % band)."""
         better = "lower" if self.mode == "deletion" else "higher"
-        head = f"{'group':<28} {'ranking':<20} {'points':>6} {self.mode + ' AUC':>14}  band (5-95 %)"
+        auc = self.mode + " AUC"
+        head = f"{'group':<28} {'ranking':<20} {'points':>6} {auc:>14} {'|change|':>9}  AUC band (5-95 %)"
         lines = [f"{self.mode} curves, o(x) = {self.original:.4g} ({self.output}); {better} AUC = more faithful",
                  head, "-" * len(head)]
         for c in self.curves:
@@ -294,7 +329,8 @@ class FaithfulnessCurves:
             if c.is_random:
                 lo, hi = c.auc_band()
                 band = f"[{lo:.3f}, {hi:.3f}] over {len(c.aucs)} seeds"
-            lines.append(f"{c.group[:28]:<28} {c.ranking[:20]:<20} {len(c.ks):>6} {c.auc:>14.3f}  {band}")
+            lines.append(f"{c.group[:28]:<28} {c.ranking[:20]:<20} {len(c.ks):>6} {c.auc:>14.3f} {c.influence:>9.3f}  "
+                         f"{band}")
         return "\n".join(lines)
 
     def plot(self, **options: Any) -> Any:
@@ -584,13 +620,18 @@ def _assemble(groups: list[_Group], points: list[tuple[str, str, int]], values: 
                 seeds.append(vals)
                 continue
             curves.append(Curve(name, group.name, mode, group.ks.copy(), total, vals,
-                                normalised_auc(vals, frac, original)))
+                                normalised_auc(vals, frac, original), influence=mean_change(vals, frac, original)))
         if seeds:
-            arr = np.stack(seeds)
-            aucs = np.array([normalised_auc(s, frac, original) for s in arr])
-            curves.append(Curve("random", group.name, mode, group.ks.copy(), total, arr.mean(0), float(aucs.mean()),
-                                seeds=arr, aucs=aucs))
+            curves.append(_random_curve(np.stack(seeds), group.name, mode, group.ks.copy(), total, original))
     return curves
+
+
+def _random_curve(seeds: np.ndarray, group: str, mode: str, ks: np.ndarray, total: int, original: float) -> Curve:
+    frac = ks / max(total, 1)
+    aucs = np.array([normalised_auc(s, frac, original) for s in seeds])
+    moves = np.array([mean_change(s, frac, original) for s in seeds])
+    return Curve("random", group, mode, ks, total, seeds.mean(0), float(aucs.mean()), seeds=seeds, aucs=aucs,
+                 influence=float(moves.mean()), influences=moves)
 
 
 def _check_mode(mode: object) -> str:
@@ -904,12 +945,10 @@ def mask_deletion_curve(
     table = values.view(len(orders), steps + 1).numpy()
     ks = np.arange(steps + 1)
     frac = ks / steps
-    curves = [Curve("mask", PIXELS, mode, ks, steps, table[0], normalised_auc(table[0], frac, original))]
+    curves = [Curve("mask", PIXELS, mode, ks, steps, table[0], normalised_auc(table[0], frac, original),
+                    influence=mean_change(table[0], frac, original))]
     if n_random:
-        seeds = table[1:]
-        aucs = np.array([normalised_auc(s, frac, original) for s in seeds])
-        curves.append(Curve("random", PIXELS, mode, ks.copy(), steps, seeds.mean(0), float(aucs.mean()),
-                            seeds=seeds, aucs=aucs))
+        curves.append(_random_curve(table[1:], PIXELS, mode, ks.copy(), steps, original))
     how = background if isinstance(background, str) else "tensor"
     return FaithfulnessCurves(curves=curves, mode=mode, original=original, target=tgt.class_index, output=tgt.output,
                               how=how, on="image", unit="pixels", n_images=1, n_random=n_random, n_sets=n_rows,

@@ -244,3 +244,16 @@ def test_table_rows_and_plot_show_every_curve(x, tmp_path):
     assert len(lines) == 3 and any("random x3" in line.get_label() for line in lines)
     pixels = nv.mask_deletion_curve(net, x, torch.rand(8, 8), random=2, steps=2)
     assert isinstance(nv.render_faithfulness(pixels), Figure)
+
+
+def test_the_influence_counts_a_rise_of_the_output_as_much_as_a_drop(x):
+    net = planted()
+    with torch.no_grad():
+        net.fc.weight[0, 0] = -W_DRIVE  # channel 0 now works against class 0: knocking it out raises the logit
+        net.fc.bias[0] = 5.0  # a positive logit, so that the relative curve reads as it looks
+    curves = nv.deletion_curve(net, x, {"feat": [0, 1]}, ks=[0, 1, 2], random=0, target=0, output="logit")
+    c = curves.curve("ranking")
+    rise = W_DRIVE * float(x[0, 0].mean()) / curves.original
+    assert c.auc > 1  # the AUC reads it as an unfaithful ranking
+    assert c.influence == pytest.approx(np.trapezoid([0, rise, rise], [0, 0.5, 1]), abs=1e-5)
+    assert "|change|" in curves.table() and curves.as_rows()[0]["influence"] == c.influence
