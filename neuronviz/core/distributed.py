@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import NeuronvizError
-from .stats import CoMoments, PositionCovariance
+from .stats import CoMoments, PositionCovariance, WeightedCoMoments
 
 __all__ = [
     "PeerError",
@@ -31,6 +31,7 @@ __all__ = [
     "shard",
     "all_reduce_comoments",
     "all_reduce_covariance",
+    "all_reduce_weighted",
 ]
 
 #: Bytes of an error message passed to the other ranks (longer messages are cut).
@@ -287,6 +288,44 @@ def all_reduce_comoments(m: CoMoments, ranks: Ranks) -> CoMoments:
     out.n, out.mean, out.out_mean = n, mean, out_mean
     out.m2, out.comoment, out.out_m2 = centred[:f], centred[f : 2 * f], centred[2 * f]
     out.minimum, out.maximum = ranks.all_min(m.minimum.clone()), ranks.all_max(m.maximum.clone())
+    return out
+
+
+def all_reduce_weighted(m: WeightedCoMoments, ranks: Ranks) -> WeightedCoMoments:
+    """The bootstrap replicates' weighted moments of the samples of every rank.
+
+    The k-group form of the weighted Chan update, per replicate: weights replace counts.
+
+    Parameters
+    ----------
+    m : WeightedCoMoments
+        This rank's replicates (the shapes must match across ranks).
+    ranks : Ranks
+        The ranks.
+
+    Returns
+    -------
+    WeightedCoMoments
+        The same on every rank (``m`` itself when inactive).
+    """
+    if not ranks.active:
+        return m
+    b, f = m.mean.shape
+    weight = ranks.all_sum(m.weight.clone())
+    safe = torch.where(weight > 0, weight, torch.ones_like(weight))
+    sums = ranks.all_sum(torch.cat([m.mean * m.weight[:, None], (m.out_mean * m.weight)[:, None]], 1))
+    mean, out_mean = sums[:, :f] / safe[:, None], sums[:, f] / safe
+    delta, delta_o = m.mean - mean, m.out_mean - out_mean
+    w = m.weight[:, None]
+    centred = ranks.all_sum(torch.cat([
+        m.m2 + w * delta * delta,
+        m.comoment + w * delta * delta_o[:, None],
+        (m.out_m2 + m.weight * delta_o * delta_o)[:, None],
+    ], 1))
+    out = WeightedCoMoments.__new__(WeightedCoMoments)
+    out.weight, out.mean, out.out_mean = weight, mean, out_mean
+    out.m2, out.comoment, out.out_m2 = centred[:, :f], centred[:, f : 2 * f], centred[:, 2 * f]
+    out.tolerance = float(ranks.all_max(torch.tensor([m.tolerance], dtype=torch.float64))[0])
     return out
 
 

@@ -7,9 +7,11 @@ memory held does not grow with the number of samples.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
-__all__ = ["CoMoments", "PositionCovariance"]
+__all__ = ["CoMoments", "PositionCovariance", "WeightedCoMoments", "poisson_weights"]
 
 
 class CoMoments:
@@ -132,6 +134,159 @@ class CoMoments:
         new = CoMoments.__new__(CoMoments)
         new.__dict__.update({k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
         return new
+
+
+_MASK64 = 2**64 - 1
+
+
+def _mix64(z: int) -> int:
+    """SplitMix64's finaliser: a well-spread 64-bit key from an integer."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def poisson_weights(seed: int, indices: Sequence[int] | range, replicates: int) -> torch.Tensor:
+    """Poisson(1) bootstrap weights of samples ``indices``: row i depends only on (seed, indices[i]).
+
+    So a sample gets the same weights however the samples are batched or split over ranks.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the bootstrap.
+    indices : sequence of int
+        Sample (copy) indices.
+    replicates : int
+        B, the number of bootstrap replicates.
+
+    Returns
+    -------
+    torch.Tensor
+        (len(indices), B) float64 on the CPU, non-negative integers with mean 1.
+    """
+    rows = torch.empty(len(indices), replicates, dtype=torch.float64)
+    ones = torch.ones(replicates, dtype=torch.float64)
+    g = torch.Generator()
+    key = _mix64(int(seed) & _MASK64)
+    for r, i in enumerate(indices):
+        g.manual_seed(_mix64(key ^ (int(i) & _MASK64)) >> 1)  # a non-negative int64
+        rows[r] = torch.poisson(ones, generator=g)
+    return rows
+
+
+class WeightedCoMoments:
+    """B weighted copies of :class:`CoMoments` (no min/max): the replicates of a Poisson bootstrap.
+
+    Replicate b weights sample i by ``w_ib``; every moment is the weighted one, and batches are
+    merged with the weighted form of Chan's update (counts replaced by sums of weights), so the
+    result does not depend on the batching and memory is B x F float64 whatever the number of
+    samples.
+
+    Parameters
+    ----------
+    replicates : int
+        B.
+    n_features : int
+        F.
+    device : torch.device
+        Where the accumulators live.
+
+    Attributes
+    ----------
+    weight : torch.Tensor
+        (B,) float64 sums of weights.
+    mean, m2, comoment : torch.Tensor
+        (B, F) float64 weighted mean, weighted sum of squared deviations, weighted sum of
+        products of deviations with the output.
+    out_mean, out_m2 : torch.Tensor
+        (B,) float64.
+    tolerance : float
+        Relative size of the rounding in ``m2``: a replicate variance under ``tolerance`` times
+        the full sample's is a constant feature in that replicate.
+    """
+
+    def __init__(self, replicates: int, n_features: int, device: torch.device | str = "cpu") -> None:
+        f64 = dict(dtype=torch.float64, device=device)
+        self.weight = torch.zeros(replicates, **f64)
+        self.mean = torch.zeros(replicates, n_features, **f64)
+        self.m2 = torch.zeros(replicates, n_features, **f64)
+        self.comoment = torch.zeros(replicates, n_features, **f64)
+        self.out_mean = torch.zeros(replicates, **f64)
+        self.out_m2 = torch.zeros(replicates, **f64)
+        self.tolerance = 1e-10
+
+    @classmethod
+    def from_batch(cls, features: torch.Tensor, output: torch.Tensor, weights: torch.Tensor) -> "WeightedCoMoments":
+        """Weighted moments of one batch.
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            (n, F) activations.
+        output : torch.Tensor
+            (n,) outputs.
+        weights : torch.Tensor
+            (n, B) non-negative weights.
+
+        Returns
+        -------
+        WeightedCoMoments
+        """
+        a = features if features.dtype in (torch.float32, torch.float64) else features.float()
+        if a.device.type == "cpu":
+            # a replicate that weights only a unit's zeros must see (nearly) zero variance: float64
+            # sums keep that rounding far below any real variance; accelerators sum in float32
+            a = a.double()
+        w = weights.to(device=a.device, dtype=torch.float64)
+        o = output.to(device=a.device, dtype=torch.float64)
+        new = cls.__new__(cls)
+        new.tolerance = 1e-10 if a.dtype == torch.float64 else 1e-5
+        shift, o_shift = a.mean(0), o.mean()
+        d, do = a - shift, o - o_shift
+        wa = w.to(a.dtype)
+        total = w.sum(0)  # (B,)
+        safe = torch.where(total > 0, total, torch.ones_like(total))
+        s1 = (wa.T @ d).double()  # (B, F)
+        s2 = (wa.T @ (d * d)).double()
+        sc = ((wa * do.to(a.dtype)[:, None]).T @ d).double()
+        so1, so2 = w.T @ do, w.T @ (do * do)
+        dbar, obar = s1 / safe[:, None], so1 / safe
+        new.weight = total
+        new.mean = shift.double() + dbar
+        new.m2 = (s2 - total[:, None] * dbar * dbar).clamp_min(0)
+        new.comoment = sc - total[:, None] * dbar * obar[:, None]
+        new.out_mean = o_shift + obar
+        new.out_m2 = (so2 - total * obar * obar).clamp_min(0)
+        return new
+
+    def merge(self, other: "WeightedCoMoments") -> None:
+        """Fold the weighted moments of another, disjoint set of samples into these (in place)."""
+        wa, wb = self.weight, other.weight
+        w = wa + wb
+        safe = torch.where(w > 0, w, torch.ones_like(w))
+        fb, cross = wb / safe, wa * wb / safe  # (B,)
+        delta = other.mean - self.mean
+        delta_o = other.out_mean - self.out_mean
+        mean = self.mean + delta * fb[:, None]
+        m2 = self.m2 + other.m2 + delta * delta * cross[:, None]
+        comoment = self.comoment + other.comoment + delta * (delta_o * cross)[:, None]
+        out_mean = self.out_mean + delta_o * fb
+        out_m2 = self.out_m2 + other.out_m2 + delta_o * delta_o * cross
+        self.weight, self.mean, self.m2, self.comoment = w, mean, m2, comoment
+        self.out_mean, self.out_m2 = out_mean, out_m2
+        self.tolerance = max(self.tolerance, other.tolerance)
+
+    def variance(self) -> torch.Tensor:
+        """(B, F) weighted population variance of each replicate (NaN for a replicate of zero weight)."""
+        return self.m2 / self.weight[:, None]
+
+    def correlation(self) -> torch.Tensor:
+        """(B, F) weighted Pearson correlation of each replicate; NaN where a side does not vary."""
+        denom = torch.sqrt(self.m2 * self.out_m2[:, None])
+        r = self.comoment / torch.where(denom > 0, denom, torch.ones_like(denom))
+        return torch.where(denom > 0, r.clamp(-1.0, 1.0), torch.full_like(r, float("nan")))
 
 
 class PositionCovariance:

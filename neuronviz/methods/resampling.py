@@ -18,13 +18,13 @@ from torch import nn
 from ..core.batching import check_batch_request, default_batch_size, run_batched
 from ..core.capture import ActivationCapture, resolve_layers
 from ..core.layouts import LayoutSpec
-from ..core.distributed import Ranks, all_reduce_comoments, shard, use_distributed
+from ..core.distributed import Ranks, all_reduce_comoments, all_reduce_weighted, shard, use_distributed
 from ..core.errors import NeuronvizError, NeuronvizTypeError, NeuronvizWarning
 from ..core.locks import runs_model
 from ..core.model_state import on_device, preserved_state, resolve_device
 from ..core.perturb import Perturbation, make as make_perturbation
 from ..core.progress import ProgressArg, images_of, is_long, reports_progress
-from ..core.stats import CoMoments
+from ..core.stats import CoMoments, WeightedCoMoments, poisson_weights
 from ..core.tables import Row, rows_to_frame
 from ..core.streams import RowBuffer, count_hint, is_batch_stream, iter_batches
 from ..core.targets import Target, TargetSpec, resolve_target
@@ -98,6 +98,12 @@ class NeuronScores:
     layouts : dict of str to str
         Per layer, where its output keeps the channels ("channels_first", "channels_last" or
         "tokens", see ``layout``); scores, shapes and maps are channels first in every case.
+    replicates : dict or None
+        With ``bootstrap=B``: ``replicates[metric][layer]``, the (B, *shape) scores of the B
+        Poisson-bootstrap replicates (see :meth:`interval`, :meth:`rank_interval`,
+        :meth:`tied`); None otherwise. ``excluded`` is the full sample's in every replicate.
+    bootstrap_seed : int or None
+        Seed of the replicate weights (None without a bootstrap).
     """
 
     correlation: dict[str, torch.Tensor]
@@ -119,6 +125,8 @@ class NeuronScores:
     maps: dict[str, torch.Tensor] | None = None
     map_indices: list[int] = field(default_factory=list)
     layouts: dict[str, str] = field(default_factory=dict)
+    replicates: dict[str, dict[str, torch.Tensor]] | None = None
+    bootstrap_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.layers:
@@ -150,7 +158,7 @@ class NeuronScores:
             raise NeuronvizError(f"metric must be one of {METRICS}, got {name!r}")
         return getattr(self, name)
 
-    def top(self, metric: str, k: int = 5) -> dict[str, list]:
+    def top(self, metric: str, k: int = 5, *, stable: bool = False, level: float = 0.9) -> dict[str, list]:
         """The ``k`` best neurons of each layer by ``metric``, best first.
 
         NaN scores are never selected, nor, for precision, the ``excluded`` neurons;
@@ -162,12 +170,25 @@ class NeuronScores:
             Which score.
         k : int
             How many per layer (fewer when a layer has fewer valid neurons).
+        stable : bool
+            Keep only the neurons of the top ``k`` that are distinguishable from the
+            (k+1)-th (not :meth:`tied` with it at ``level``); needs ``bootstrap``.
+        level : float
+            Level of the bootstrap interval used with ``stable``.
 
         Returns
         -------
         dict of str to list
             Channel indices, or ``(c, h, w)`` tuples when scored per unit.
+
+        Raises
+        ------
+        NeuronvizError
+            ``k < 0``, an unknown metric, or ``stable=True`` on scores without replicates.
         """
+        if stable:
+            ties = self.tied(metric, k, level)
+            return {layer: [n for n, t in zip(chosen, ties[layer]) if not t] for layer, chosen in self.top(metric, k).items()}
         if k < 0:
             raise NeuronvizError(f"k must be >= 0, got {k}")
         out: dict[str, list] = {}
@@ -183,6 +204,101 @@ class NeuronScores:
                 order = [tuple(int(v) for v in torch.unravel_index(torch.tensor(i), s.shape)) for i in order]
             out[layer] = order
         return out
+
+    def interval(self, metric: str, level: float = 0.9) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per neuron, the bootstrap percentile interval of ``metric``.
+
+        Parameters
+        ----------
+        metric : {"correlation", "precision"}
+            Which score.
+        level : float
+            Coverage, in (0, 1): the (1 - level) / 2 and (1 + level) / 2 quantiles of the replicates.
+
+        Returns
+        -------
+        dict of str to (torch.Tensor, torch.Tensor)
+            Per layer, (lower, upper) shaped like the scores (NaN where every replicate is NaN).
+
+        Raises
+        ------
+        NeuronvizError
+            Scores without replicates (score with ``bootstrap=B``), an unknown metric or a bad level.
+        """
+        from .stability import replicate_interval
+
+        return {layer: replicate_interval(r, metric, level) for layer, r in self._replicates(metric).items()}
+
+    def rank_interval(self, metric: str, level: float = 0.9) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per neuron, the bootstrap percentile interval of its rank by ``metric`` (1 = best).
+
+        A neuron that cannot be selected in a replicate (NaN, or excluded from precision)
+        ranks after every one that can.
+
+        Parameters
+        ----------
+        metric : {"correlation", "precision"}
+            Which score.
+        level : float
+            Coverage, in (0, 1).
+
+        Returns
+        -------
+        dict of str to (torch.Tensor, torch.Tensor)
+            Per layer, (lower, upper) ranks shaped like the scores (float, from the quantiles).
+
+        Raises
+        ------
+        NeuronvizError
+            Scores without replicates, an unknown metric or a bad level.
+        """
+        from .stability import replicate_rank_interval
+
+        return {layer: replicate_rank_interval(r, metric, level, self._selectable(metric, layer))
+                for layer, r in self._replicates(metric).items()}
+
+    def tied(self, metric: str, k: int = 5, level: float = 0.9) -> dict[str, list[bool]]:
+        """Which neurons of each layer's top ``k`` are tied with the (k+1)-th.
+
+        Neuron i of the top ``k`` is tied when the bootstrap interval (at ``level``) of the
+        replicate difference between it and the (k+1)-th neuron contains 0 (for precision the
+        difference of variances, so that infinite precision compares). None is tied when the
+        layer has no (k+1)-th selectable neuron.
+
+        Parameters
+        ----------
+        metric : {"correlation", "precision"}
+            Which score.
+        k : int
+            Size of the selection.
+        level : float
+            Coverage of the interval, in (0, 1).
+
+        Returns
+        -------
+        dict of str to list of bool
+            Per layer, one flag per entry of ``top(metric, k)``, in its order.
+
+        Raises
+        ------
+        NeuronvizError
+            Scores without replicates, an unknown metric, ``k < 0`` or a bad level.
+        """
+        from .stability import replicate_ties
+
+        reps = self._replicates(metric)
+        chosen = self.top(metric, k + 1)
+        return {layer: replicate_ties(reps[layer], metric, chosen[layer], k, level, self.per_unit) for layer in self.layers}
+
+    def _replicates(self, metric: str) -> dict[str, torch.Tensor]:
+        self.metric(metric)  # checks the name
+        if not self.replicates:
+            raise NeuronvizError("these scores have no bootstrap replicates: score with bootstrap=B (e.g. 200)")
+        return self.replicates[metric]
+
+    def _selectable(self, metric: str, layer: str) -> torch.Tensor:
+        ok = ~torch.isnan(self.metric(metric)[layer])
+        return ok & ~self.excluded[layer] if metric == "precision" and layer in self.excluded else ok
 
     def as_rows(self) -> list[dict]:
         """One dict per neuron: ``layer``, ``channel`` (and ``position``, the flat index of the
@@ -335,6 +451,9 @@ def score_neurons(
     distributed: bool | None = None,
     keep_maps: Sequence[int] = (),
     layout: LayoutSpec = "auto",
+    bootstrap: int = 0,
+    bootstrap_seed: int | None = None,
+    on_batch: Callable[[NeuronScores], None] | None = None,
 ) -> NeuronScores:
     """Score every neuron of ``layers`` by correlation with the output and by precision.
 
@@ -430,6 +549,21 @@ def score_neurons(
         "auto" detects it from the output's shape and the module's type
         (:mod:`neuronviz.core.layouts`). One name for every layer, or ``{layer: name}``.
         Scores, shapes and maps are channels first whatever the layout.
+    bootstrap : int
+        B >= 2: also compute B Poisson-bootstrap replicates of every score in the same pass
+        (:attr:`NeuronScores.replicates`, for :meth:`NeuronScores.interval`,
+        :meth:`~NeuronScores.rank_interval` and :meth:`~NeuronScores.tied`). Every sample gets
+        B Poisson(1) weights drawn from (``bootstrap_seed``, its copy index), so batching and
+        the split over ranks do not change them (with your own ``samples`` over several ranks,
+        the index is the rank's row); each replicate accumulates the weighted moments. Memory
+        grows with B x features, not with the number of samples. 0 (the default): none.
+    bootstrap_seed : int, optional
+        Seed of the replicate weights; None uses ``seed``.
+    on_batch : callable, optional
+        Called as ``on_batch(scores)`` after every batch with the :class:`NeuronScores` of
+        the samples seen so far by this process (once at least 3 were; without replicates or
+        maps), e.g. to draw a picture that refines while the pass runs; an exception it
+        raises stops the run as a progress callback's does.
 
     Returns
     -------
@@ -473,12 +607,20 @@ def score_neurons(
     if not isinstance(dead_threshold, (int, float)) or math.isnan(dead_threshold):
         raise NeuronvizError(f"dead_threshold must be a number, got {dead_threshold!r}")
     keep = _check_keep_maps(keep_maps, None if stream or active else (n_samples if samples is None else len(samples)))
+    if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0 or bootstrap == 1:
+        raise NeuronvizError(f"bootstrap must be 0 (none) or a number of replicates >= 2, got {bootstrap!r}")
+    if bootstrap_seed is not None and (isinstance(bootstrap_seed, bool) or not isinstance(bootstrap_seed, int)):
+        raise NeuronvizError(f"bootstrap_seed must be an integer or None (the seed), got {bootstrap_seed!r}")
+    if on_batch is not None and not callable(on_batch):
+        raise NeuronvizError(f"on_batch must be a callable taking the scores so far, got {on_batch!r}")
+    boot_seed = seed if bootstrap_seed is None else bootstrap_seed
 
     with preserved_state(model), on_device(model, dev), torch.no_grad():
         model.eval()
         ranks = Ranks(dev, active)
         x = x.to(dev)
         moments: dict[str, CoMoments] = {}
+        weighted: dict[str, WeightedCoMoments] = {}
         shapes: dict[str, tuple[int, ...]] = {}
         outputs = RowBuffer((), torch.float64)
         channel_means: dict[str, RowBuffer] = {}
@@ -505,7 +647,12 @@ def score_neurons(
                 o = get_target(out, is_first_copy)(out).double()
                 if not torch.isfinite(o).all():
                     raise NeuronvizError("the target gave NaN or infinite values on the perturbed samples")
-                updates, means_upd, maps_upd = {}, {}, {}
+                updates, means_upd, maps_upd, w_upd = {}, {}, {}, {}
+                if bootstrap:
+                    # a stream's samples are numbered as they come; a rank's own samples by rank and row
+                    rows_at = index if len(index) else range(state.get("seen", 0), state.get("seen", 0) + len(o))
+                    offset = (ranks.rank << 40) if (samples is not None and ranks.active) else 0
+                    weights = poisson_weights(boot_seed, [offset + i for i in rows_at], bootstrap)
                 for name in names:
                     a = acts[name]
                     if name not in shapes:
@@ -516,6 +663,8 @@ def score_neurons(
                             )
                         shapes[name] = tuple(a.shape[1:])
                     updates[name] = CoMoments.from_batch(_as_features(a), o)
+                    if bootstrap:
+                        w_upd[name] = WeightedCoMoments.from_batch(_as_features(a), o, weights)
                     if keep_channel_means:
                         means_upd[name] = a.reshape(a.shape[0], a.shape[1], -1).float().mean(2).cpu()
                     rows = [(j, i) for j, i in enumerate(index) if i in keep]
@@ -525,11 +674,20 @@ def score_neurons(
                 rec.clear()
                 for name, m in updates.items():  # commit only once the whole batch succeeded
                     moments.setdefault(name, CoMoments(m.mean.numel(), m.mean.device)).merge(m)
+                for name, m in w_upd.items():
+                    if name in weighted:
+                        weighted[name].merge(m)
+                    else:
+                        weighted[name] = m
+                state["seen"] = state.get("seen", 0) + len(o)
                 for name, mu in means_upd.items():
                     channel_means.setdefault(name, RowBuffer(mu.shape[1:], torch.float32)).append(mu)
                 for name, kept_rows in maps_upd.items():
                     kept_maps.setdefault(name, {}).update(kept_rows)
                 outputs.append(o.cpu())
+                if on_batch is not None and outputs.n >= 3:
+                    on_batch(_partial_scores(moments, shapes, names, outputs, channel_means, get_target(None, False),
+                                             per_unit, dead_threshold, pert, seed, dict(rec.layouts)))
 
             with ranks.together("score_neurons' pass over the samples"):
                 if stream:
@@ -565,12 +723,19 @@ def score_neurons(
                 stacklevel=3,  # the caller of the public function (runs_model wraps it)
             )
         corr, prec, mean, excluded, rules = {}, {}, {}, {}, {}
+        replicates: dict[str, dict[str, torch.Tensor]] = {"correlation": {}, "precision": {}}
         for name in names:
             m = moments.pop(name, None) or CoMoments(math.prod(shapes[name]), dev)  # a rank without samples
             m = all_reduce_comoments(m, ranks)
             corr[name], prec[name], mean[name], excluded[name], rules[name] = _finalise(
                 m, shapes[name], per_unit, dead_threshold)
+            if bootstrap:
+                wm = weighted.pop(name, None) or WeightedCoMoments(bootstrap, math.prod(shapes[name]), dev)
+                wm = all_reduce_weighted(wm, ranks)
+                replicates["correlation"][name], replicates["precision"][name] = _finalise_replicates(
+                    wm, m, shapes[name], per_unit, excluded[name])
         moments.clear()  # free the accumulators before returning
+        weighted.clear()
 
     return NeuronScores(
         correlation=corr,
@@ -592,6 +757,53 @@ def score_neurons(
         excluded=excluded,
         exclusion_rule=rules,
         layouts={name: str(rec.layouts.get(name, "channels_first")) for name in names},
+        replicates=replicates if bootstrap else None,
+        bootstrap_seed=boot_seed if bootstrap else None,
+    )
+
+
+def _finalise_replicates(
+    wm: WeightedCoMoments, m: CoMoments, shape: tuple[int, ...], per_unit: bool, excluded: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, *view) correlation and precision of every replicate, by the formulas of :func:`_finalise`.
+
+    A unit constant over all samples is constant in every replicate; one that varies but whose
+    weighted variance in a replicate is rounding (its varying samples all got weight 0) counts
+    as constant in that replicate.
+    """
+    b, c = wm.weight.numel(), shape[0]
+    var_all = m.variance().view(1, c, -1)
+    var = wm.variance().view(b, c, -1)
+    flat = (m.constant.view(1, c, -1) | (var <= wm.tolerance * var_all)) & torch.isfinite(var)
+    corr = wm.correlation().abs().view(b, c, -1).masked_fill(flat, math.nan)
+    var = var.masked_fill(flat, 0.0)
+    view = (b, *shape) if per_unit and len(shape) > 1 else (b, c)
+    if not per_unit:
+        corr, var, flat = torch.nanmean(corr, dim=2), var.mean(2), flat.all(2)
+    precision = torch.where(var > 0, 1.0 / var, torch.full_like(var, math.inf))
+    precision = torch.where(excluded.to(var.device).reshape(1, *var.shape[1:]) & flat,
+                            torch.full_like(precision, math.nan), precision)
+    precision = torch.where(torch.isnan(var), torch.full_like(precision, math.nan), precision)
+    return corr.reshape(view).cpu(), precision.reshape(view).cpu()
+
+
+def _partial_scores(
+    moments: dict[str, CoMoments], shapes: dict[str, tuple[int, ...]], names: list[str], outputs: RowBuffer,
+    channel_means: dict[str, RowBuffer], tgt: Target, per_unit: bool, dead_threshold: float,
+    pert: Perturbation | None, seed: int, layouts: dict,
+) -> NeuronScores:
+    """The scores of the samples seen so far (for ``on_batch``)."""
+    parts: dict[str, dict[str, torch.Tensor]] = {k: {} for k in ("corr", "prec", "mean", "excl")}
+    rules = {}
+    for name in names:
+        (parts["corr"][name], parts["prec"][name], parts["mean"][name], parts["excl"][name],
+         rules[name]) = _finalise(moments[name], shapes[name], per_unit, dead_threshold)
+    return NeuronScores(
+        correlation=parts["corr"], precision=parts["prec"], mean_activation=parts["mean"], outputs=outputs.rows().cpu(),
+        target=tgt.class_index, output=tgt.output, shapes=dict(shapes), n_samples=outputs.n, per_unit=per_unit,
+        perturbation=pert, seed=seed, dead_threshold=float(dead_threshold), layers=list(names),
+        channel_means={n: b.rows() for n, b in channel_means.items()} if channel_means else None,
+        excluded=parts["excl"], exclusion_rule=rules, layouts={n: str(layouts.get(n, "channels_first")) for n in names},
     )
 
 
