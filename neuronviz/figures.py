@@ -25,7 +25,7 @@ from .render.figure import check_path
 from .render.pcace import display_images, render_layer_ranking, render_pcace_maps
 from .render.resampling import check_score_figure, render_score_maps
 
-__all__ = ["clean_maps", "render_scores", "render_pcace", "render_layer_ranking"]
+__all__ = ["activation_maps", "clean_maps", "render_scores", "render_pcace", "render_layer_ranking"]
 
 
 def clean_maps(
@@ -67,6 +67,34 @@ def clean_maps(
         a = acts[name][0].float().cpu()
         maps[name] = a.reshape(a.shape[0], -1, a.shape[-1]) if a.dim() > 1 else a.reshape(-1, 1, 1)
     return maps, output
+
+
+def activation_maps(model: nn.Module, x: torch.Tensor, layers: str | Sequence[str]) -> dict[str, torch.Tensor]:
+    """The activation maps of ``layers`` on the unperturbed image (:func:`clean_maps` without the output).
+
+    One forward pass in eval mode under ``torch.no_grad()``; the model's modes and gradient
+    flags are restored and every hook removed afterwards.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+    x : torch.Tensor
+        The image, (1, C, H, W) or (C, H, W), normalised as the model expects.
+    layers : str or sequence of str
+        Layer names (see :func:`neuronviz.layer_summary`).
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        Per layer, a (C, H, W) float CPU tensor; a (N, F) layer gives (F, 1, 1).
+
+    Raises
+    ------
+    NeuronvizError
+        Unknown layer (closest names suggested), bad image, or a layer that did not run.
+    """
+    return clean_maps(model, x, layers)[0]
 
 
 @runs_model

@@ -13,7 +13,8 @@ from tiny_nets import tiny_cnn
 
 import neuronviz as nv
 from neuronviz import render_scores
-from neuronviz.render import activation_maps, upsample_map
+from neuronviz.figures import activation_maps
+from neuronviz.render import upsample_map
 
 LAYERS = ["conv1", "relu2", "fc"]
 
@@ -260,6 +261,25 @@ def test_the_figure_is_drawn_from_data_and_render_scores_runs_one_forward_pass(s
     finally:
         handle.remove()
     assert len(passes) == 1
+
+
+def test_nothing_in_render_runs_a_model():
+    import ast
+    import pathlib
+
+    root = pathlib.Path(nv.__file__).parent / "render"
+    offenders = []
+    for path in sorted(root.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[-1]} | {a.name for a in node.names}
+                if names & {"capture", "model_state", "locks", "forward_checked", "ActivationCapture", "hooks"}:
+                    offenders.append(f"{path.name}: imports {sorted(names)}")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if any(arg.arg == "model" for arg in node.args.args + node.args.kwonlyargs):
+                    offenders.append(f"{path.name}: {node.name}(model, ...)")
+    assert not offenders, offenders
 
 
 # ---------------------------------------------------------------------------------------------
