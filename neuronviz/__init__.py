@@ -24,6 +24,7 @@ from .models import default_model, digits_model
 from .figures import render_scores
 from .render.inversion import render_inversion
 from .render.faithfulness import render_faithfulness
+from .render.examples import render_examples
 from .figures import render_layer_ranking, render_pcace
 from .widgets import App, InversionView, NeuronExplorer, PCACEView, app, demo
 
@@ -71,8 +72,6 @@ __all__ = [
     "sample_image",
     "sample_image_names",
     "score_neurons",
-    "selection_stability",
-    "SelectionStability",
     "top_predictions",
     "TopExamples",
     "top_examples",
@@ -85,6 +84,7 @@ __all__ = [
     "knockout_effect",
     "mask_deletion_curve",
     "render_faithfulness",
+    "render_examples",
     "App",
     "InversionView",
     "PCACEView",

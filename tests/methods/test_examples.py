@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+import neuronviz as nv
 from neuronviz.core.errors import NeuronvizError
+from neuronviz.render.examples import crop_picture
 from neuronviz.methods.examples import top_examples
 
 N, SIDE = 60, 16
@@ -186,3 +188,28 @@ def test_bad_arguments_say_what_would_be_right(kwargs, match):
 def test_a_source_that_is_not_images_is_refused():
     with pytest.raises(NeuronvizError, match="source must be"):
         top_examples(planted_model(), 3.0, "1")
+
+
+def test_each_neuron_gets_a_row_of_its_crops_best_first_with_value_and_label(tmp_path):
+    model, x = planted_model(), planted_images()
+    labels = torch.arange(len(x)) % 4
+    ex = nv.top_examples(model, x, ["1", "3"], k=len(CARRIERS), labels=labels, progress=False)
+    data = torch.utils.data.TensorDataset(x, labels)
+    fig = nv.render_examples(ex, data, neurons=[("1", 0), ("3", 0)], path=tmp_path / "ex.png")
+    assert (tmp_path / "ex.png").stat().st_size > 0
+    axes = fig.axes
+    assert len(axes) == 2 * len(CARRIERS)
+    first = axes[0].get_title()
+    assert first.startswith(f"{ex['1'][0][0].value:.3g}") and f"image {ex['1'][0][0].image}" in first
+    assert f"· {58 % 4}" in first
+    assert "fires on" in axes[0].get_ylabel()
+
+
+def test_a_crop_with_an_activation_map_is_drawn_with_it_over_the_crop():
+    model, x = planted_model(), planted_images()
+    ex = nv.top_examples(model, x, "1", k=2, progress=False)
+    plain, = ex.crops(x, "1", 0)[:1]
+    heated, = ex.crops(x, "1", 0, model=model)[:1]
+    a, b = crop_picture(plain), crop_picture(heated)
+    assert a.shape == b.shape == (3, 3, 3)
+    assert not (a == b).all()
