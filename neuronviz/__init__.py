@@ -72,6 +72,8 @@ __all__ = [
     "sample_image",
     "sample_image_names",
     "score_neurons",
+    "selection_stability",
+    "SelectionStability",
     "top_predictions",
     "TopExamples",
     "top_examples",
