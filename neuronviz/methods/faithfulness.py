@@ -317,6 +317,22 @@ class FaithfulnessCurves:
                 })
         return rows
 
+    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+        """:meth:`as_rows` as a pandas DataFrame.
+
+        Returns
+        -------
+        pandas.DataFrame
+
+        Raises
+        ------
+        NeuronvizError
+            pandas is not installed.
+        """
+        from ..core.tables import rows_to_frame
+
+        return rows_to_frame(self.as_rows(), ["group", "ranking", "mode", "k", "fraction", "value", "relative", "low", "high", "auc", "influence"])
+
     def table(self) -> str:
         """The AUCs as a text table: one line per group and ranking (random: mean and 5-95 % band)."""
         better = "lower" if self.mode == "deletion" else "higher"

@@ -113,3 +113,15 @@ def test_to_frame_without_pandas_says_how_to_install_it(scores, monkeypatch):
     with pytest.raises(NeuronvizError, match="pip install pandas"):
         scores.to_frame()
     assert scores.as_rows()  # the rows need nothing
+
+
+def test_knockout_and_deletion_curve_frames_hold_their_rows():
+    net = tiny_cnn()
+    eff = nv.knockout_effect(net, X, [{"conv1": [0]}, {"conv1": [1, 2]}])
+    df = eff.to_frame()
+    assert list(df.columns) == ["name", "set", "original", "knocked", "effect", "relative"] and len(df) == 2
+    np.testing.assert_allclose(df.effect, eff.effect)
+    curves = nv.deletion_curve(net, X, {"conv1": [0, 1, 2]}, random=2, progress=False)
+    frame = curves.to_frame()
+    assert len(frame) == len(curves.as_rows()) and {"group", "ranking", "k", "value"} <= set(frame.columns)
+    np.testing.assert_allclose(frame.value, [r["value"] for r in curves.as_rows()])
