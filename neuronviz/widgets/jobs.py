@@ -79,7 +79,7 @@ class Job:
         self.error: BaseException | None = None
         self.traceback: str | None = None
         self.callback_error: BaseException | None = None
-        self._fn = fn
+        self._fn: Callable[[Job], Any] | None = fn
         self._worker = worker
         self._on_progress = on_progress
         self._on_finish = on_finish
@@ -330,7 +330,10 @@ class Worker:
         state, result, error, tb = "done", None, None, None
         try:
             job.check()
-            result = job._fn(job)
+            fn = job._fn
+            if fn is None:  # finished before it started (cancelled while pending)
+                raise JobCancelled(f"run {job.id} was cancelled")
+            result = fn(job)
         except JobCancelled:
             state = "cancelled"
         except BaseException as err:  # noqa: BLE001 - the widget shows every error to the user

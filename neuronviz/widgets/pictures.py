@@ -84,7 +84,8 @@ def display_picture(x: torch.Tensor, image_display: Any = None) -> np.ndarray:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
         raise NeuronvizError(
-            f"image_display must be a PIL image or an (H, W, 3) array (uint8, or float in [0, 1]), got shape {arr.shape}"
+            "image_display must be a PIL image or an (H, W, 3) array (uint8, or float in [0, 1]), "
+            f"got shape {arr.shape}"
         )
     if arr.dtype == np.uint8:
         return arr.astype(np.float32) / 255.0

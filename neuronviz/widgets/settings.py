@@ -137,6 +137,7 @@ class Int:
     hi: int | None = None
 
     def __call__(self, value: Any, name: str, view: Any = None) -> int:
+        """``value`` checked and normalised, or a :class:`NeuronvizError` naming ``name`` and what is right."""
         ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
         if not ok or (self.lo is not None and value < self.lo) or (self.hi is not None and value > self.hi):
             raise NeuronvizError(f"{name} must be an integer {_range(self.lo, self.hi)}, got {value!r}")
@@ -152,6 +153,7 @@ class Float:
     open_lo: bool = False
 
     def __call__(self, value: Any, name: str, view: Any = None) -> float:
+        """``value`` checked and normalised, or a :class:`NeuronvizError` naming ``name`` and what is right."""
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
         if ok and self.lo is not None:
             ok = value > self.lo if self.open_lo else value >= self.lo
@@ -172,6 +174,7 @@ class OneOf:
     choices: tuple[Any, ...]
 
     def __call__(self, value: Any, name: str, view: Any = None) -> Any:
+        """``value`` checked and normalised, or a :class:`NeuronvizError` naming ``name`` and what is right."""
         if value not in self.choices:
             raise NeuronvizError(f"{name} must be one of {list(self.choices)}, got {value!r}")
         return value
@@ -184,10 +187,13 @@ class Layers:
     empty_ok: bool = False
 
     def __call__(self, value: Any, name: str, view: "View") -> tuple[str, ...]:
+        """``value`` checked and normalised, or a :class:`NeuronvizError` naming ``name`` and what is right."""
         if isinstance(value, str):
             value = [value]
         if not self.empty_ok and (value is None or len(value) == 0):
-            raise NeuronvizError(f"{name}: no layer is picked; choose at least one (for example {view.layer_names[:2]})")
+            raise NeuronvizError(
+                f"{name}: no layer is picked; choose at least one (for example {view.layer_names[:2]})"
+            )
         names = list(resolve_layers(view.model, value)) if value else []  # unknown names: closest ones suggested
         return tuple(_usable(view, n, name) for n in names)
 
@@ -197,6 +203,7 @@ class Layer:
     """One layer name the view can use."""
 
     def __call__(self, value: Any, name: str, view: "View") -> str:
+        """``value`` checked and normalised, or a :class:`NeuronvizError` naming ``name`` and what is right."""
         if not isinstance(value, str):
             raise NeuronvizError(f"{name} must be a layer name (a string), got {value!r}")
         resolve_layers(view.model, value)
@@ -217,9 +224,12 @@ class ClassIndex:
     """A class index of the view's classifier (``view.classes``)."""
 
     def __call__(self, value: Any, name: str, view: "View") -> int:
+        """``value`` checked and normalised, or a :class:`NeuronvizError` naming ``name`` and what is right."""
         n = view.classes.n_classes
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < n:
-            raise NeuronvizError(f"{name} must be a class index in 0..{n - 1} (the model has {n} classes), got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= int(value) < n:
+            raise NeuronvizError(
+                f"{name} must be a class index in 0..{n - 1} (the model has {n} classes), got {value!r}"
+            )
         return int(value)
 
 
@@ -228,6 +238,7 @@ class Device:
     """``"cpu"``, ``"cuda"`` (when available) or ``"cuda:i"``."""
 
     def __call__(self, value: Any, name: str, view: "View") -> str:
+        """``value`` checked and normalised, or a :class:`NeuronvizError` naming ``name`` and what is right."""
         if value is None:
             return model_device(view.model).type
         if not isinstance(value, str):
@@ -278,12 +289,14 @@ def make_control(name: str, meta: Setting, value: Any, view: "View") -> W.Widget
         lo = getattr(rule, "lo", None)
         hi = getattr(rule, "hi", None)
         if isinstance(rule, Int):
-            widget = W.BoundedIntText(value=value, min=-(2**31) if lo is None else lo, max=2**31 - 1 if hi is None else hi,
-                                      continuous_update=False, layout=W.Layout(width="210px"), **common)
+            widget = W.BoundedIntText(value=value, min=-(2**31) if lo is None else lo,
+                                      max=2**31 - 1 if hi is None else hi, continuous_update=False,
+                                      layout=W.Layout(width="210px"), **common)
         else:
             widget = W.FloatText(value=value, continuous_update=False, layout=W.Layout(width="210px"), **common)
     elif kind == "dropdown":
-        widget = W.Dropdown(options=list(meta.rule.choices), value=value, layout=W.Layout(width="240px"), **common)
+        choices = getattr(meta.rule, "choices", ())
+        widget = W.Dropdown(options=list(choices), value=value, layout=W.Layout(width="240px"), **common)
     elif kind == "device":
         opts = device_options()
         widget = W.Dropdown(options=opts + ([value] if value not in opts else []), value=value,

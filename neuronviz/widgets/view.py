@@ -64,6 +64,10 @@ __all__ = ["View", "Outcome", "check_dpi"]
 STATIC_DPI = 60
 #: Seconds :meth:`View.close` waits for a cancelled run to reach its next cancel point.
 CLOSE_WAIT_S = 30.0
+#: Live mode: seconds after the last change of a setting before its run starts.
+LIVE_DEBOUNCE_S = 0.3
+#: Live mode is on by default while the last run took less than this many seconds.
+LIVE_UNDER_S = 3.0
 
 
 @dataclass
@@ -125,6 +129,7 @@ class View(W.VBox):
                 setattr(cls, name, _setting_property(name))
 
     def __init__(self, model: nn.Module, *, autorun: bool = True, **values: Any) -> None:
+        live = values.pop("live", None)  # live mode: see the ``live`` property
         super().__init__()
         enable_colab_widgets()
         self.model = model
@@ -149,6 +154,7 @@ class View(W.VBox):
             self.add_class(self.css)
         self.header = W.HTML("")
         self.run_bar = RunBar(self._run_clicked, self.cancel, run_label=self.run_label)
+        self._live_setup(live)
         self.exporter = ExportRow(self._export_from_row, self.report_error, filename=self.export_name)
         body = self.build()
         self.children = [self.header, self.settings_panel(), self.run_bar.widget, *body, self.exporter.widget]
@@ -261,7 +267,7 @@ class View(W.VBox):
                         f"{type(self).__name__} explains one class of a classifier that returns (N, classes) "
                         f"scores: {err}. For other outputs, use the functions with target=callable"
                     ) from None
-                probs = torch.softmax(scores.detach().double().mean(0) if scores.shape[0] > 1 else scores[0].double(), 0)
+                probs = torch.softmax(scores.detach().double().mean(0), 0)
             self.classes = ClassChoices(probs)
         return summary
 
@@ -301,6 +307,8 @@ class View(W.VBox):
                 self.setting_changed(name, value)
                 if not self._fields[name][1].rerun:
                     self._view_version += 1
+                elif self.live:
+                    self._live_schedule()
                 elif self.status == "done" and self.outcome is not None and self._stale(self.outcome):
                     self.run_bar.status.value = f"{self.done_text(self.outcome)} · settings changed: press Run"
         except Exception as err:  # noqa: BLE001 - shown in the widget, not lost in a callback log
@@ -308,7 +316,8 @@ class View(W.VBox):
 
     def _stale(self, outcome: Outcome) -> bool:
         current = self.current_settings()
-        return any(getattr(current, n) != getattr(outcome.settings, n) for n, (_d, m) in self._fields.items() if m.rerun)
+        rerun = [n for n, (_default, meta) in self._fields.items() if meta.rerun]
+        return any(getattr(current, n) != getattr(outcome.settings, n) for n in rerun)
 
     def current_settings(self) -> Any:
         """The settings the next run would use, as the :attr:`Settings` dataclass."""
@@ -363,6 +372,7 @@ class View(W.VBox):
         return job
 
     def _work(self, job: Job, settings: Any) -> Outcome:
+        job.publish = lambda partial: self._publish(job, partial)  # what compute calls with a partial result
         with hold_model(self.model, check=job.check, on_wait=self._waiting), _collect_warnings() as caught:
             start = time.perf_counter()
             result = self.compute(settings, job)
@@ -380,6 +390,9 @@ class View(W.VBox):
     def _finished(self, job: Job) -> None:
         if job.state == "done":
             outcome: Outcome = job.result
+            if self._live_auto:
+                self.live_toggle.value = self.estimate_seconds(outcome) < LIVE_UNDER_S
+                self._live_auto = True  # still the view's own choice, not the user's
             previous = self.outcome
             try:
                 self.outcome = outcome
@@ -438,10 +451,82 @@ class View(W.VBox):
         TimeoutError
             The run is still going after ``timeout`` seconds.
         """
+        timer = self._live_timer
+        if timer is not None:
+            timer.join(timeout)  # a live run about to start is the run to wait for
         self._worker.wait(timeout)
 
     def _update_header(self) -> None:
         self.header.value = self.header_html()
+
+    # ------------------------------------------------------------------ live mode
+
+    def show_partial(self, partial: Any) -> None:
+        """Show a partial result a live run published (``job.publish``); default :meth:`show` (lock held)."""
+        self.show(partial)
+
+    def estimate_seconds(self, outcome: Outcome) -> float:
+        """Seconds a run of the current settings would take, estimated from ``outcome`` (default its time)."""
+        return outcome.seconds
+
+    @property
+    def live(self) -> bool:
+        """Live mode: a change of a setting that needs a run starts one by itself, after a short pause.
+
+        On by default while the last run took under :data:`LIVE_UNDER_S` seconds; settable (and
+        the ``live`` constructor argument). A live run shows partial results as they come
+        (``job.publish(partial)`` in :meth:`compute`); the previous picture stays until then.
+        """
+        return bool(self.live_toggle.value)
+
+    @live.setter
+    def live(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise NeuronvizError(f"live must be True or False, got {value!r}")
+        self.live_toggle.value = value
+
+    def _live_setup(self, live: bool | None) -> None:
+        if live is not None and not isinstance(live, bool):
+            raise NeuronvizError(f"live must be True, False or None (automatic), got {live!r}")
+        self._live_timer: threading.Timer | None = None
+        self._live_auto = live is None
+        self.live_toggle = W.Checkbox(value=bool(live), description="live", indent=False,
+                                      tooltip="run by itself shortly after a setting changes",
+                                      layout=W.Layout(width="70px"))
+        self.live_toggle.add_class("nv-live")
+        self.live_toggle.observe(self._live_toggled, names="value")
+        row = self.run_bar.widget.children[0]
+        row.children = (*row.children, self.live_toggle)
+
+    def _live_toggled(self, _change: dict) -> None:
+        self._live_auto = False  # the user chose
+
+    def _live_schedule(self) -> None:
+        """(Re)start the pause after which the current settings run; a burst of changes runs once."""
+        if self._live_timer is not None:
+            self._live_timer.cancel()
+        self._live_timer = threading.Timer(LIVE_DEBOUNCE_S, self._live_fire)
+        self._live_timer.daemon = True
+        self._live_timer.start()
+        self.run_bar.status.value = "live: running shortly"
+
+    def _live_fire(self) -> None:
+        with self.lock:
+            if threading.current_thread() is not self._live_timer or not self.live:
+                return
+            try:
+                self.run()
+            except Exception as err:  # noqa: BLE001 - shown in the widget
+                self.report_error(err)
+
+    def _publish(self, job: Job, partial: Any) -> None:
+        job.check()
+        with self.lock:
+            if self.live and self._worker.is_latest(job) and not job.cancelled:
+                try:
+                    self.show_partial(partial)
+                except Exception as err:  # noqa: BLE001 - a partial picture is never worth the run
+                    self.report_error(err)
 
     # ------------------------------------------------------------------ figures
 
@@ -497,14 +582,16 @@ class View(W.VBox):
             Another suffix, a bad ``dpi``, or no finished run yet.
         """
         try:
-            path = check_path(path)
+            target = check_path(path)
         except ValueError as err:
             raise NeuronvizError(str(err)) from None
+        if target is None:
+            raise NeuronvizError("export needs a file name ending in .png, .svg or .pdf")
         dpi = check_dpi(dpi)
         with self.lock:
             record = self._record(**options)
-        self.draw(record, dpi=dpi, path=path)
-        return path
+        self.draw(record, dpi=dpi, path=target)
+        return target
 
     def export_options(self) -> dict[str, Any]:
         """The options the Export button passes to :meth:`export` (e.g. the part chosen)."""
@@ -562,6 +649,9 @@ class View(W.VBox):
     def close(self) -> None:
         """Stop the run, wait until the model is restored, then close every widget this view made."""
         worker = getattr(self, "_worker", None)  # absent when the constructor failed early
+        timer = getattr(self, "_live_timer", None)
+        if timer is not None:
+            timer.cancel()
         if worker is not None:
             worker.close()
             worker.join(CLOSE_WAIT_S)

@@ -65,7 +65,8 @@ class OverlayPanel:
             self.box = None
             return to_uint8(img)
         heat = upsample_map(amap, img.shape[:2])
-        self.box = cell_box(strongest_cell(amap), tuple(amap.shape), img.shape[:2])
+        h, w = amap.shape
+        self.box = cell_box(strongest_cell(amap), (int(h), int(w)), img.shape[:2])
         pic = Image.fromarray(to_uint8(blend_overlay(img, heat, float(self.opacity.value))))
         top, left, bottom, right = self.box
         draw = ImageDraw.Draw(pic)
