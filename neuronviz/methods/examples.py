@@ -143,9 +143,7 @@ class _Hist:
 
     def add(self, a: torch.Tensor, maxima: torch.Tensor, labels: torch.Tensor | None) -> None:
         """Count (B, C, P) activations (finite) and (B, C) per-image maxima (labels (B,) or None)."""
-        c, p = a.shape[1], a.shape[2]
-        if p > HIST_POSITIONS:
-            a = a[:, :, torch.linspace(0, p - 1, HIST_POSITIONS, device=a.device).long()]
+        c = a.shape[1]
         m = torch.maximum(a.abs().amax(dim=(0, 2)), maxima.abs().amax(0))
         need = torch.where(m > 0, torch.frexp(m)[1].long(), _MIN_EXP).clamp_min(_MIN_EXP)  # m < 2^need
         self.grow(need)
@@ -171,13 +169,27 @@ class _Hist:
             self.labelled = extra if self.labelled is None else torch.cat([self.labelled, extra])
 
 
-def _merge(vals: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor, k: int) -> tuple[torch.Tensor, ...]:
-    """The k best of (n, C) candidates: larger value first, then smaller image index, then smaller position."""
-    key = idx * (pos.max().clamp_min(0) + 1) + pos if pos.numel() else idx
-    order = torch.argsort(key, dim=0, stable=True)
-    vals, idx, pos = vals.gather(0, order), idx.gather(0, order), pos.gather(0, order)
-    order = torch.argsort(vals, dim=0, descending=True, stable=True)[:k]
-    return vals.gather(0, order), idx.gather(0, order), pos.gather(0, order)
+def _sampled(a: torch.Tensor) -> torch.Tensor:
+    """(B, C, P) activations at up to HIST_POSITIONS evenly spaced positions, NaN and infinities as 0."""
+    p = a.shape[2]
+    if p > HIST_POSITIONS:
+        a = a[:, :, torch.linspace(0, p - 1, HIST_POSITIONS, device=a.device).long()]
+    return torch.nan_to_num(a, nan=0.0, neginf=0.0, posinf=0.0)
+
+
+def _merge(vals: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor, k: int, *, ordered: bool = False
+           ) -> tuple[torch.Tensor, ...]:
+    """The k best of (C, n) candidates: larger value first, then smaller image index, then smaller position.
+
+    ``ordered``: the candidates are already in (image index, position) order where their values tie
+    (kept entries, then a batch of larger indices in increasing order), so one stable sort suffices.
+    """
+    if not ordered:
+        key = idx * (pos.max().clamp_min(0) + 1) + pos if pos.numel() else idx
+        order = torch.argsort(key, dim=1, stable=True)
+        vals, idx, pos = vals.gather(1, order), idx.gather(1, order), pos.gather(1, order)
+    order = torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
+    return vals.gather(1, order), idx.gather(1, order), pos.gather(1, order)
 
 
 class _Source:
@@ -641,10 +653,11 @@ def top_examples(
     hists: dict[str, _Hist] = {}
     grids: dict[str, tuple[int, int] | None] = {}
     probe: dict[str, torch.Tensor] = {}
-    seen, any_labels = 0, src.given_labels is not None
+    seen, any_labels, last = 0, src.given_labels is not None, -1
     with preserved_state(model), on_device(model, dev), torch.no_grad():
         model.eval()
-        with ActivationCapture(model, names, stop_after_last=True, layout=layout) as rec:
+        # one layer: the pass ends once it is recorded, so nothing can change its output in place
+        with ActivationCapture(model, names, stop_after_last=True, layout=layout, copy=len(names) > 1) as rec:
             with ranks.together("top_examples' pass over the images"):
                 for images, index, labs in src:
                     batch = check_batch(images, model, what="source", min_n=0)
@@ -657,6 +670,9 @@ def top_examples(
                     rec.clear()
                     any_labels = any_labels or labs is not None
                     idx = index.to(dev)
+                    # larger indices than any kept, in increasing order: ties are already in index order
+                    ordered = int(index[0]) > last and bool((index[1:] > index[:-1]).all())
+                    last = max(last, int(index.max()))
                     for name in names:
                         a = acts[name]
                         if a.dim() < 2:
@@ -664,22 +680,23 @@ def top_examples(
                         if name not in grids:
                             grids[name] = (int(a.shape[2]), int(a.shape[3])) if a.dim() == 4 else None
                         a = a.float().reshape(a.shape[0], a.shape[1], -1)
-                        a = torch.nan_to_num(a, nan=-math.inf)
                         if by == "max":
-                            v = a.amax(2)
-                            pos = (a == v.unsqueeze(2)).to(torch.uint8).argmax(2)  # the first position holding it
+                            v, pos = torch.max(a, dim=2)  # the first position holding the maximum
+                            raw = v
                         else:
                             v, pos = a.mean(2), torch.full(a.shape[:2], -1, dtype=torch.int64, device=a.device)
-                        ii, cv, cp = idx.unsqueeze(1).expand_as(v), v, pos.long()
+                        v = torch.nan_to_num(v.t(), nan=-math.inf)  # (C, B): a row per channel, contiguous sorts
+                        ii, cp = idx.unsqueeze(0).expand_as(v), pos.t().long()
                         if name in kept:
                             kv, ki, kp = kept[name]
-                            cv, ii, cp = torch.cat([kv, cv]), torch.cat([ki, ii]), torch.cat([kp, cp])
-                        kept[name] = _merge(cv, ii, cp, k)
+                            v, ii, cp = torch.cat([kv, v], 1), torch.cat([ki, ii], 1), torch.cat([kp, cp], 1)
+                        kept[name] = _merge(v, ii, cp, k, ordered=ordered)
                         h = hists.get(name) or _Hist(a.shape[1], a.device)
                         hists[name] = h
                         if generality:
-                            finite = torch.nan_to_num(a, neginf=0.0, posinf=0.0)
-                            h.add(finite, finite.amax(2), None if labs is None else labs.to(dev))
+                            top = raw if by == "max" else a.amax(2)
+                            h.add(_sampled(a), torch.nan_to_num(top, nan=0.0, neginf=0.0, posinf=0.0),
+                                  None if labs is None else labs.to(dev))
                     seen += batch.shape[0]
                     if progress is not None:
                         progress(seen, max(src.total or 0, seen))
@@ -704,9 +721,9 @@ def top_examples(
 
     return TopExamples(
         layers=names, k=k, by=by,
-        values={n: kept[n][0].cpu() for n in names},
-        images={n: kept[n][1].cpu() for n in names},
-        positions={n: kept[n][2].cpu() for n in names},
+        values={n: kept[n][0].t().contiguous().cpu() for n in names},
+        images={n: kept[n][1].t().contiguous().cpu() for n in names},
+        positions={n: kept[n][2].t().contiguous().cpu() for n in names},
         grids=grids, n_images=n_images, receptive_fields=fields, quantile=float(quantile),
         has_labels=bool(any_labels), _hists={n: _to_cpu(hists[n]) for n in names},
     )
@@ -730,12 +747,13 @@ def _merge_ranks(
         raise NeuronvizError(f"the ranks disagree on the layer's channel count: {[row[0] for row in channels]}")
     dev = ranks.compute_device
     if mine is None:
-        empty = torch.empty((0, c), device=dev)
+        empty = torch.empty((c, 0), device=dev)
         mine = (empty, empty.long(), empty.long())
         h = _Hist(c, dev)
     v, i, p = mine
     i = torch.where(i >= 0, i + offset, i)
-    v, i, p = ranks.gather_rows(v.contiguous()), ranks.gather_rows(i.contiguous()), ranks.gather_rows(p.contiguous())
+    # gather_rows concatenates along the first dimension: send (n, C), merge (C, n)
+    v, i, p = (ranks.gather_rows(t.t().contiguous()).t().contiguous() for t in (v, i, p))
     merged = _merge(v, i, p, k)
     h.grow(ranks.all_max(h.exp.clone()))
     labels = max(row[0] for row in ranks.gather_ints([0 if h.labelled is None else h.labelled.shape[0]]))
