@@ -286,7 +286,7 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor | None]:
     return torch.stack([torch.as_tensor(it) for it in items]), None
 
 
-def _item(dataset: Any, i: int) -> tuple[torch.Tensor, int | None]:
+def dataset_item(dataset: Any, i: int) -> tuple[torch.Tensor, int | None]:
     """Image ``i`` of a tensor or Dataset, and its label."""
     if isinstance(dataset, torch.Tensor):
         return dataset[i], None
@@ -426,7 +426,7 @@ class TopExamples:
         pictures, labels = [], []
         for row in rows:
             try:
-                img, label = _item(dataset, row.image)
+                img, label = dataset_item(dataset, row.image)
             except (IndexError, KeyError):
                 raise NeuronvizError(
                     f"the data set has no image {row.image}; pass the data set the examples were found in"

@@ -24,6 +24,7 @@ from ..methods.resampling import NeuronScores, score_neurons
 from ..render.explorer import ExplorerView, render_explorer
 from ..render.formatting import format_score
 from ..render.pcace import display_images
+from .examples import ExamplesSection, demo_examples
 from .panels import NeuronDetail, NeuronScatter, OverlayPanel, SelectionLists
 from .perturbation import STRENGTHS, check_strength, perturbation_for
 from .pictures import DISPLAY_SIZE, display_picture, encode_png, resize
@@ -160,6 +161,10 @@ class NeuronExplorer(View):
         The picture to draw on (uint8 or [0, 1] float, (H, W, 3)), for models normalised
         differently from the default model; by default ``image`` is un-normalised with
         ``nv.deprocess`` (3 channels) or shown in grey.
+    examples : torch.Tensor, Dataset or loader, optional
+        Images to find the selected neuron's data-set examples in (:func:`neuronviz.top_examples`,
+        once per layer in the background); the detail then shows its top-9 crops with activation
+        and label, and a click opens the image in the overlay.
     **settings
         ``target`` (default the predicted class), ``n_samples`` (50, the paper's; at least 3),
         ``perturbation`` (one of ``nv.perturb.KINDS``, default ``"multiplicative"``, the
@@ -180,7 +185,7 @@ class NeuronExplorer(View):
     export_name = "explorer.png"
 
     def __init__(self, model: nn.Module, image: torch.Tensor, layers: Sequence[str] | str | None = None, *,
-                 autorun: bool = True, image_display: Any = None, **settings: Any) -> None:
+                 autorun: bool = True, image_display: Any = None, examples: Any = None, **settings: Any) -> None:
         if not isinstance(model, nn.Module):
             raise NeuronvizError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.x = check_image(image, model).detach().clone()
@@ -188,6 +193,7 @@ class NeuronExplorer(View):
         self.image = resize(picture, DISPLAY_SIZE)
         self._picture = picture if image_display is not None else None  # copies are shown in its colours
         self.probe(model, self.x)
+        self._example_source = examples
         super().__init__(model, autorun=autorun, layers=layers, **settings)
 
     # ------------------------------------------------------------------ settings
@@ -249,7 +255,9 @@ class NeuronExplorer(View):
         self.scores_button.on_click(lambda _b: self._export_scores_clicked())
         row = self.exporter.widget
         row.children = (*row.children[:-1], self.scores_button, row.children[-1])
-        left = W.VBox([self.overlay.widget, self.selected_label, self.selected_info], layout=W.Layout(width="320px"))
+        self.examples = ExamplesSection(self, self._example_source)
+        left = W.VBox([self.overlay.widget, self.selected_label, self.selected_info, self.examples.widget],
+                      layout=W.Layout(width="320px"))
         return [W.HBox([left, self.scatter.widget]),
                 W.HBox([self.lists.widget, self.detail.widget], layout=W.Layout(flex_flow="row wrap"))]
 
@@ -340,6 +348,7 @@ class NeuronExplorer(View):
     def show_selected(self) -> None:
         """Bring every panel to the selected neuron."""
         neuron, outcome = self.selected, self.outcome
+        self.examples.show(neuron)  # the data-set examples (and the explained image back in the overlay)
         self.scatter.set_selected(neuron)
         self.lists.set_selected(neuron)
         if neuron is None or outcome is None:
@@ -577,4 +586,5 @@ def demo(image: str = "cat", layers: Sequence[str] | None = None, **kwargs: Any)
     from ..data import preprocess, sample_image
     from ..models import default_model
 
+    kwargs.setdefault("examples", demo_examples())  # views of the bundled photos
     return NeuronExplorer(default_model(), preprocess(sample_image(image)), layers, **kwargs)

@@ -1,0 +1,179 @@
+"""Data-set examples in a view: found once in the background, cached per layer, shown for the selected neuron.
+
+:class:`ExamplesSection` owns an :class:`~neuronviz.widgets.panels.examples.ExamplesPanel` and runs
+:func:`neuronviz.top_examples` in a thread of its own (holding the model's lock, so it takes
+turns with the view's runs): the first time a neuron is shown, for every layer the view scores,
+in one pass; a layer added later gets a pass of its own. Clicking a crop shows that image in
+the view's overlay with the neuron's map over it.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..methods.examples import Crop, TopExamples, dataset_item, top_examples
+from .panels.examples import HOW_TO_GIVE, ExamplesPanel
+from .pictures import DISPLAY_SIZE, display_picture, resize
+
+__all__ = ["ExamplesSection", "crops_dataset", "demo_examples"]
+
+
+class _Closed(Exception):
+    """The view was closed: the search stops."""
+
+
+def crops_dataset(source: Any) -> Any:
+    """What the crops are cut from: a tensor or Dataset itself, a DataLoader's dataset."""
+    if isinstance(source, torch.utils.data.DataLoader):
+        return source.dataset
+    return source
+
+
+class ExamplesSection:
+    """The examples panel of a view and the background search that feeds it.
+
+    Parameters
+    ----------
+    view : View
+        A view with ``model``, ``layers`` (the layers it scores), ``overlay`` and ``image``.
+    source : tensor, Dataset, loader or None
+        The images; None shows how to give them.
+    names : sequence of str, optional
+        Class names for the labels.
+    """
+
+    def __init__(self, view: Any, source: Any, names: Any = None) -> None:
+        self.view, self.source, self.names = view, source, names
+        self.panel = ExamplesPanel()
+        self.widget = self.panel.widget
+        self.cache: dict[str, TopExamples] = {}
+        self.neuron: tuple[str, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.error: str | None = None
+        self.panel.on_open(self.open)
+        if source is None:
+            self.panel.message(HOW_TO_GIVE)
+
+    def _closed(self) -> bool:
+        return getattr(self.widget, "comm", None) is None
+
+    def show(self, neuron: tuple[str, int] | None) -> None:
+        """Show the neuron's crops, starting the search for its layer if needed; restore the view's own image."""
+        overlay = getattr(self.view, "overlay", None)
+        if overlay is not None:
+            overlay.image = self.view.image
+        self.neuron = neuron
+        if self.source is None or neuron is None:
+            return
+        layer = neuron[0]
+        if layer in self.cache:
+            self._fill()
+            return
+        self.panel.message(f"finding the data-set examples of <b>{html.escape(layer)}</b> in the background…")
+        self._start()
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return  # the running search starts the next one when it ends
+            wanted = [name for name in dict.fromkeys([*(self.view.layers or []), self.neuron[0]])
+                      if name not in self.cache] if self.neuron else []
+            if not wanted:
+                return
+            self._thread = threading.Thread(target=self._search, args=(wanted,), daemon=True,
+                                            name="neuronviz-examples")
+            self._thread.start()
+
+    def _search(self, layers: list[str]) -> None:
+        def stop_if_closed(done: int, total: int) -> None:
+            if self._closed():
+                raise _Closed
+
+        try:
+            ex = top_examples(self.view.model, self.source, layers, k=self.panel.k, progress=stop_if_closed)
+        except _Closed:
+            return
+        except Exception as err:  # noqa: BLE001 - shown in the panel: the view itself keeps working
+            self.error = f"{type(err).__name__}: {err}"
+            self.panel.message(f"<span style='color:#b00'>data-set examples failed: {html.escape(self.error)}</span>")
+            return
+        for layer in layers:
+            self.cache[layer] = ex
+        if self._closed():
+            return
+        if self.neuron is not None and self.neuron[0] in self.cache:
+            self._fill()
+        elif self.neuron is not None:
+            self._start()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the background search (if any) ended."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _fill(self) -> None:
+        layer, channel = self.neuron
+        ex = self.cache[layer]
+        if channel >= ex.values[layer].shape[1]:
+            return
+        crops = ex.crops(crops_dataset(self.source), layer, channel, model=self.view.model)
+        gen = ex.generality(layer)
+        share = float(gen.share[channel])
+        note = (f"top {len(crops)} of {ex.n_images} images · fires on {share:.0%} of them"
+                + (f" · label entropy {float(gen.entropy[channel]):.2f} bits" if gen.entropy is not None else "")
+                + " · click to open")
+        self.panel.set_crops(crops, self.names, note)
+
+    def open(self, crop: Crop) -> None:
+        """Show the crop's whole image in the view's overlay, with the selected neuron's map over it."""
+        if self.neuron is None:
+            return
+        image, _ = dataset_item(crops_dataset(self.source), crop.image)
+        model: nn.Module = self.view.model
+        layer, channel = self.neuron
+        overlay = self.view.overlay
+        overlay.image = resize(display_picture(image.unsqueeze(0)), DISPLAY_SIZE)
+        from ..core.capture import ActivationCapture
+        from ..core.model_state import preserved_state
+
+        with preserved_state(model), torch.no_grad():
+            model.eval()
+            with ActivationCapture(model, [layer], stop_after_last=True) as rec:
+                rec.forward(image.unsqueeze(0).to(next(model.parameters()).device))
+                amap = rec[layer][0, channel].float().cpu()
+        label = "" if crop.label is None else f", label {crop.label}"
+        overlay.show(amap if amap.dim() == 2 else None,
+                     f"<span style='font-size:11px'>data-set image {crop.image}{label}: activation "
+                     f"{crop.value:.3g}; select a neuron to return to the explained image</span>")
+
+
+
+
+def demo_examples(per_photo: int = 8, size: int = 224) -> torch.utils.data.TensorDataset:
+    """A data set built from what ships: ``per_photo`` random views (:func:`neuronviz.augment`) of each bundled photo.
+
+    Parameters
+    ----------
+    per_photo : int
+        Views of each photo.
+    size : int
+        Side of each view.
+
+    Returns
+    -------
+    torch.utils.data.TensorDataset
+        ``(image, label)`` items, the label the photo's index in :func:`neuronviz.sample_image_names`.
+    """
+    from ..data import augment, sample_image, sample_image_names
+
+    names = sample_image_names()
+    views = [augment(sample_image(name), per_photo, size=size, seed=i) for i, name in enumerate(names)]
+    labels = torch.arange(len(names)).repeat_interleave(per_photo)
+    return torch.utils.data.TensorDataset(torch.cat(views), labels)
