@@ -99,6 +99,27 @@ def _group(obj: object) -> str:
     return "Other"
 
 
+def _module_page(alias: str, module: object) -> str:
+    """A module's page: its functions and classes by autodoc, its constants and type aliases as data."""
+    real = module.__name__
+    data = [n for n in getattr(module, "__all__", [])
+            if not (inspect.isclass(getattr(module, n)) or inspect.isroutine(getattr(module, n)))]
+    lines = [f"``nv.{alias}``: {real}", "=" * (len(real) + 9 + len(alias)), "",
+             f".. automodule:: {real}", "   :members:", "   :member-order: bysource"]
+    if data:
+        lines.append(f"   :exclude-members: {', '.join(data)}")
+    lines.append("")
+    for n in data:
+        obj = getattr(module, n)
+        if isinstance(obj, dict):  # e.g. names of classes: show the names
+            obj = {k: getattr(v, "__name__", v) for k, v in obj.items()}
+        value = (repr(obj) if not isinstance(obj, dict) else
+                 "{" + ", ".join(f"{k!r}: {v if isinstance(v, str) else repr(v)}" for k, v in obj.items()) + "}")
+        value = value.replace("\n", " ")
+        lines += [f".. py:data:: {n}", f"   :module: {real}", f"   :value: {value[:200]}", ""]
+    return "\n".join(lines)
+
+
 def write_api_index() -> None:
     """docs/api/index.rst from neuronviz.__all__; a module (nv.perturb, nv.saliency) gets a page of its members."""
     groups: dict[str, dict[str, list[str]]] = {}
@@ -125,10 +146,7 @@ def write_api_index() -> None:
         for mod in groups[title]["modules"]:
             real = getattr(neuronviz, mod).__name__
             lines += [".. toctree::", "   :maxdepth: 1", "", f"   {real}", ""]
-            pages[real] = "\n".join([
-                f"``nv.{mod}``: {real}", "=" * (len(real) + 9 + len(mod)), "",
-                f".. automodule:: {real}", "   :members:", "   :undoc-members:", "   :member-order: bysource", "",
-            ])
+            pages[real] = _module_page(mod, getattr(neuronviz, mod))
     api = DOCS / "api"
     api.mkdir(exist_ok=True)
     pages["index"] = "\n".join(lines)
@@ -246,4 +264,5 @@ warnings.filterwarnings("ignore", message=r"Unknown section Python [Ii]nterface"
 
 
 def setup(app):
+    """Register the docstring clean-up."""
     app.connect("autodoc-process-docstring", _clean_docstring, priority=100)  # before numpydoc (500)
