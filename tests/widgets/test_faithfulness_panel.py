@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_nets import tiny_cnn
 
 import neuronviz as nv
 from neuronviz.widgets.panels.faithfulness import FaithfulnessPanel, KnockoutToggle
-from tiny_nets import tiny_cnn
 
 
 def test_the_panel_draws_one_plot_per_layer_with_every_ranking_and_the_random_band():
