@@ -310,7 +310,7 @@ def all_reduce_weighted(m: WeightedCoMoments, ranks: Ranks) -> WeightedCoMoments
     """
     if not ranks.active:
         return m
-    b, f = m.mean.shape
+    f = m.s1.shape[1]
     weight = ranks.all_sum(m.weight.clone())
     safe = torch.where(weight > 0, weight, torch.ones_like(weight))
     sums = ranks.all_sum(torch.cat([m.mean * m.weight[:, None], (m.out_mean * m.weight)[:, None]], 1))
@@ -322,11 +322,9 @@ def all_reduce_weighted(m: WeightedCoMoments, ranks: Ranks) -> WeightedCoMoments
         m.comoment + w * delta * delta_o[:, None],
         (m.out_m2 + m.weight * delta_o * delta_o)[:, None],
     ], 1))
-    out = WeightedCoMoments.__new__(WeightedCoMoments)
-    out.weight, out.mean, out.out_mean = weight, mean, out_mean
-    out.m2, out.comoment, out.out_m2 = centred[:, :f], centred[:, f : 2 * f], centred[:, 2 * f]
-    out.tolerance = float(ranks.all_max(torch.tensor([m.tolerance], dtype=torch.float64))[0])
-    return out
+    tolerance = float(ranks.all_max(torch.tensor([m.tolerance], dtype=torch.float64))[0])
+    return WeightedCoMoments.from_centred(weight, mean, centred[:, :f], centred[:, f : 2 * f], out_mean,
+                                          centred[:, 2 * f], tolerance)
 
 
 def all_reduce_covariance(c: PositionCovariance, ranks: Ranks) -> PositionCovariance:

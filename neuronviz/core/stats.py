@@ -179,10 +179,12 @@ def poisson_weights(seed: int, indices: Sequence[int] | range, replicates: int) 
 class WeightedCoMoments:
     """B weighted copies of :class:`CoMoments` (no min/max): the replicates of a Poisson bootstrap.
 
-    Replicate b weights sample i by ``w_ib``; every moment is the weighted one, and batches are
-    merged with the weighted form of Chan's update (counts replaced by sums of weights), so the
-    result does not depend on the batching and memory is B x F float64 whatever the number of
-    samples.
+    Replicate b weights sample i by ``w_ib``; every moment is the weighted one. The samples are
+    summed about a fixed shift per feature (the first batch's mean, so that deviations are of
+    the order of the spread and the sums lose nothing in float64), which makes a batch three
+    in-place matrix products; two sets of sums merge by moving one to the other's shift. The
+    result does not depend on the batching (up to rounding) and memory is B x F float64
+    whatever the number of samples.
 
     Parameters
     ----------
@@ -199,7 +201,7 @@ class WeightedCoMoments:
         (B,) float64 sums of weights.
     mean, m2, comoment : torch.Tensor
         (B, F) float64 weighted mean, weighted sum of squared deviations, weighted sum of
-        products of deviations with the output.
+        products of deviations with the output (computed from the sums when read).
     out_mean, out_m2 : torch.Tensor
         (B,) float64.
     tolerance : float
@@ -210,73 +212,108 @@ class WeightedCoMoments:
     def __init__(self, replicates: int, n_features: int, device: torch.device | str = "cpu") -> None:
         f64 = dict(dtype=torch.float64, device=device)
         self.weight = torch.zeros(replicates, **f64)
-        self.mean = torch.zeros(replicates, n_features, **f64)
-        self.m2 = torch.zeros(replicates, n_features, **f64)
-        self.comoment = torch.zeros(replicates, n_features, **f64)
-        self.out_mean = torch.zeros(replicates, **f64)
-        self.out_m2 = torch.zeros(replicates, **f64)
+        self.shift = torch.zeros(n_features, **f64)
+        self.out_shift = torch.zeros((), **f64)
+        self.s1 = torch.zeros(replicates, n_features, **f64)
+        self.s2 = torch.zeros(replicates, n_features, **f64)
+        self.sc = torch.zeros(replicates, n_features, **f64)
+        self.so1 = torch.zeros(replicates, **f64)
+        self.so2 = torch.zeros(replicates, **f64)
+        self.started = False
         self.tolerance = 1e-10
 
     @classmethod
     def from_batch(cls, features: torch.Tensor, output: torch.Tensor, weights: torch.Tensor) -> "WeightedCoMoments":
-        """Weighted moments of one batch.
-
-        Parameters
-        ----------
-        features : torch.Tensor
-            (n, F) activations.
-        output : torch.Tensor
-            (n,) outputs.
-        weights : torch.Tensor
-            (n, B) non-negative weights.
-
-        Returns
-        -------
-        WeightedCoMoments
-        """
-        a = features if features.dtype in (torch.float32, torch.float64) else features.float()
-        if a.device.type == "cpu":
-            # a replicate that weights only a unit's zeros must see (nearly) zero variance: float64
-            # sums keep that rounding far below any real variance; accelerators sum in float32
-            a = a.double()
-        w = weights.to(device=a.device, dtype=torch.float64)
-        o = output.to(device=a.device, dtype=torch.float64)
-        new = cls.__new__(cls)
-        new.tolerance = 1e-10 if a.dtype == torch.float64 else 1e-5
-        shift, o_shift = a.mean(0), o.mean()
-        d, do = a - shift, o - o_shift
-        wa = w.to(a.dtype)
-        total = w.sum(0)  # (B,)
-        safe = torch.where(total > 0, total, torch.ones_like(total))
-        s1 = (wa.T @ d).double()  # (B, F)
-        s2 = (wa.T @ (d * d)).double()
-        sc = ((wa * do.to(a.dtype)[:, None]).T @ d).double()
-        so1, so2 = w.T @ do, w.T @ (do * do)
-        dbar, obar = s1 / safe[:, None], so1 / safe
-        new.weight = total
-        new.mean = shift.double() + dbar
-        new.m2 = (s2 - total[:, None] * dbar * dbar).clamp_min(0)
-        new.comoment = sc - total[:, None] * dbar * obar[:, None]
-        new.out_mean = o_shift + obar
-        new.out_m2 = (so2 - total * obar * obar).clamp_min(0)
+        """Weighted moments of one batch: ``features`` (n, F), ``output`` (n,), ``weights`` (n, B)."""
+        new = cls(weights.shape[1], features.shape[1], features.device)
+        new.update(features, output, weights)
         return new
+
+    def update(self, features: torch.Tensor, output: torch.Tensor, weights: torch.Tensor) -> None:
+        """Add a batch: ``features`` (n, F), ``output`` (n,) and their ``weights`` (n, B), in place."""
+        a = features.to(self.s1.device)
+        # float64 where it is cheap (a CPU): a replicate that weights only a unit's zeros then sees a
+        # variance far below any real one; accelerators multiply in float32
+        dtype = torch.float64 if a.device.type == "cpu" else torch.float32
+        self.tolerance = max(self.tolerance, 1e-10 if dtype == torch.float64 else 1e-5)
+        o = output.to(device=a.device, dtype=torch.float64)
+        if not self.started:
+            self.shift, self.out_shift, self.started = a.double().mean(0), o.mean(), True
+        d = a.to(dtype) - self.shift.to(dtype)
+        do = o - self.out_shift
+        w = weights.to(device=a.device, dtype=torch.float64)
+        wt = w.T.to(dtype)
+        self.weight += w.sum(0)
+        wdo = (w * do[:, None]).T.to(dtype)
+        if dtype == torch.float64:  # in place: no (B, F) temporaries
+            self.s1.addmm_(wt, d)
+            self.sc.addmm_(wdo, d)
+            d.mul_(d)
+            self.s2.addmm_(wt, d)
+        else:
+            self.s1 += (wt @ d).double()
+            self.sc += (wdo @ d).double()
+            self.s2 += (wt @ (d * d)).double()
+        self.so1 += w.T @ do
+        self.so2 += w.T @ (do * do)
 
     def merge(self, other: "WeightedCoMoments") -> None:
         """Fold the weighted moments of another, disjoint set of samples into these (in place)."""
-        wa, wb = self.weight, other.weight
-        w = wa + wb
-        safe = torch.where(w > 0, w, torch.ones_like(w))
-        fb, cross = wb / safe, wa * wb / safe  # (B,)
-        delta = other.mean - self.mean
-        delta_o = other.out_mean - self.out_mean
-        mean = self.mean + delta * fb[:, None]
-        m2 = self.m2 + other.m2 + delta * delta * cross[:, None]
-        comoment = self.comoment + other.comoment + delta * (delta_o * cross)[:, None]
-        out_mean = self.out_mean + delta_o * fb
-        out_m2 = self.out_m2 + other.out_m2 + delta_o * delta_o * cross
-        self.weight, self.mean, self.m2, self.comoment = w, mean, m2, comoment
-        self.out_mean, self.out_m2 = out_mean, out_m2
+        if not other.started:
+            return
+        if not self.started:
+            self.__dict__.update({k: v.clone() if isinstance(v, torch.Tensor) else v
+                                  for k, v in other.__dict__.items()})
+            return
+        # other's sums about this shift: d = d' + delta, do = do' + delta_o
+        delta, delta_o = other.shift - self.shift, other.out_shift - self.out_shift
+        w = other.weight[:, None]
+        self.s2 += other.s2 + 2 * delta * other.s1 + w * delta * delta
+        self.sc += other.sc + delta_o * other.s1 + delta * other.so1[:, None] + w * delta * delta_o
+        self.s1 += other.s1 + w * delta
+        self.so2 += other.so2 + 2 * delta_o * other.so1 + other.weight * delta_o * delta_o
+        self.so1 += other.so1 + other.weight * delta_o
+        self.weight += other.weight
         self.tolerance = max(self.tolerance, other.tolerance)
+
+    @classmethod
+    def from_centred(cls, weight: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, comoment: torch.Tensor,
+                     out_mean: torch.Tensor, out_m2: torch.Tensor, tolerance: float) -> "WeightedCoMoments":
+        """Moments given in centred form (e.g. reduced across ranks); they take no more batches."""
+        new = cls.__new__(cls)
+        new.weight, new.shift, new.out_shift = weight, mean, out_mean
+        new.s1, new.s2, new.sc = torch.zeros_like(m2), m2, comoment
+        new.so1, new.so2 = torch.zeros_like(out_m2), out_m2
+        new.started, new.tolerance = True, tolerance
+        return new
+
+    def _safe(self) -> torch.Tensor:
+        return torch.where(self.weight > 0, self.weight, torch.ones_like(self.weight))[:, None]
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """(B, F) weighted mean of each replicate."""
+        return self.shift + self.s1 / self._safe()
+
+    @property
+    def m2(self) -> torch.Tensor:
+        """(B, F) weighted sum of squared deviations."""
+        return (self.s2 - self.s1 * self.s1 / self._safe()).clamp_min(0)
+
+    @property
+    def comoment(self) -> torch.Tensor:
+        """(B, F) weighted sum of products of deviations with the output."""
+        return self.sc - self.s1 * self.so1[:, None] / self._safe()
+
+    @property
+    def out_mean(self) -> torch.Tensor:
+        """(B,) weighted mean of the output."""
+        return self.out_shift + self.so1 / self._safe()[:, 0]
+
+    @property
+    def out_m2(self) -> torch.Tensor:
+        """(B,) weighted sum of squared deviations of the output."""
+        return (self.so2 - self.so1 * self.so1 / self._safe()[:, 0]).clamp_min(0)
 
     def variance(self) -> torch.Tensor:
         """(B, F) weighted population variance of each replicate (NaN for a replicate of zero weight)."""

@@ -663,8 +663,8 @@ def score_neurons(
                             )
                         shapes[name] = tuple(a.shape[1:])
                     updates[name] = CoMoments.from_batch(_as_features(a), o)
-                    if bootstrap:
-                        w_upd[name] = WeightedCoMoments.from_batch(_as_features(a), o, weights)
+                    if bootstrap:  # summed at the commit below, in place
+                        w_upd[name] = _as_features(a)
                     if keep_channel_means:
                         means_upd[name] = a.reshape(a.shape[0], a.shape[1], -1).float().mean(2).cpu()
                     rows = [(j, i) for j, i in enumerate(index) if i in keep]
@@ -674,11 +674,9 @@ def score_neurons(
                 rec.clear()
                 for name, m in updates.items():  # commit only once the whole batch succeeded
                     moments.setdefault(name, CoMoments(m.mean.numel(), m.mean.device)).merge(m)
-                for name, m in w_upd.items():
-                    if name in weighted:
-                        weighted[name].merge(m)
-                    else:
-                        weighted[name] = m
+                for name, feats in w_upd.items():
+                    weighted.setdefault(name, WeightedCoMoments(bootstrap, feats.shape[1], feats.device)).update(
+                        feats, o, weights)
                 state["seen"] = state.get("seen", 0) + len(o)
                 for name, mu in means_upd.items():
                     channel_means.setdefault(name, RowBuffer(mu.shape[1:], torch.float32)).append(mu)

@@ -270,7 +270,8 @@ def replicate_stability(scores: NeuronScores, k: int = 5, metrics: Sequence[str]
     n = 0
     for metric in metrics:
         reps = scores._replicates(metric)
-        out[metric] = {layer: _mean_pairwise_jaccard(_replicate_tops(scores, metric, layer, k)) for layer in scores.layers}
+        out[metric] = {layer: _mean_pairwise_jaccard(_replicate_tops(scores, metric, layer, k))
+                       for layer in scores.layers}
         n = next(iter(reps.values())).shape[0]
     return SelectionStability(out, k, "bootstrap", n, list(scores.layers))
 

@@ -26,6 +26,7 @@ from ..render.formatting import format_score
 from ..render.pcace import display_images
 from .examples import ExamplesSection, demo_examples
 from .panels import NeuronDetail, NeuronScatter, OverlayPanel, SelectionLists
+from .panels.intervals import IntervalPanel, interval_rows
 from .perturbation import STRENGTHS, check_strength, perturbation_for
 from .pictures import DISPLAY_SIZE, display_picture, encode_png, resize
 from .settings import ClassIndex, Device, Int, Layers, OneOf, setting
@@ -39,6 +40,7 @@ __all__ = [
 _THUMB_SIZE = 112
 _N_STRIP = 5
 _CPU_BATCH = 16  # several progress steps (and cancel points) per run on a CPU
+_BOOTSTRAP = 32  # replicates for the intervals, ties and stability, from the same pass
 
 Neuron = tuple[str, int]
 
@@ -183,6 +185,7 @@ class NeuronExplorer(View):
     title = "Neurons"
     css = "nv-explorer"
     export_name = "explorer.png"
+    live_auto = True
 
     def __init__(self, model: nn.Module, image: torch.Tensor, layers: Sequence[str] | str | None = None, *,
                  autorun: bool = True, image_display: Any = None, examples: Any = None, **settings: Any) -> None:
@@ -224,6 +227,7 @@ class NeuronExplorer(View):
         elif name == "top_k" and self.scores is not None:
             self.scatter.set_top(self.scores, value)
             self.lists.set_scores(self.scores, value)
+            self.intervals.show(self.scores, value)
             self.lists.set_selected(self.selected)
 
     def _strength_range(self, kind: str, reset: bool) -> None:
@@ -246,6 +250,9 @@ class NeuronExplorer(View):
         self.selected_label = W.Label("no neuron selected")
         self.selected_label.add_class("nv-selected")
         self.selected_info = W.HTML("")
+        self.intervals = IntervalPanel(self.scatter)
+        box = self.lists.widget
+        box.children = (*box.children[:2], self.intervals.stability, *box.children[2:])  # beside the overlap
         for panel in (self.scatter, self.lists):
             panel.on_select(lambda layer, channel: self.select_from_ui((layer, channel)))
         self.overlay.opacity.observe(self._opacity_changed, names="value")
@@ -259,7 +266,8 @@ class NeuronExplorer(View):
         left = W.VBox([self.overlay.widget, self.selected_label, self.selected_info, self.examples.widget],
                       layout=W.Layout(width="320px"))
         return [W.HBox([left, self.scatter.widget]),
-                W.HBox([self.lists.widget, self.detail.widget], layout=W.Layout(flex_flow="row wrap"))]
+                W.HBox([self.lists.widget, self.intervals.widget, self.detail.widget],
+                       layout=W.Layout(flex_flow="row wrap"))]
 
     def header_html(self) -> str:
         """The model, the explained class and the last run's settings, and the predicted class."""
@@ -300,7 +308,8 @@ class NeuronExplorer(View):
         scores = score_neurons(
             self.model, self.x, list(s.layers), target=s.target, n_samples=s.n_samples, perturbation=perturbation,
             seed=s.seed, device=dev, batch_size=_CPU_BATCH if dev.type == "cpu" else None, progress=job.progress,
-            keep_channel_means=True, keep_maps=[0, *strip],
+            keep_channel_means=True, keep_maps=[0, *strip], bootstrap=_BOOTSTRAP,
+            on_batch=getattr(job, "publish", None),
         )
         job.check()
         kept = {layer: torch.stack([_chw(a) for a in m]) for layer, m in (scores.maps or {}).items()}
@@ -313,7 +322,9 @@ class NeuronExplorer(View):
         """Fill the panels with a run's result; the selection stays if the new scores hold it."""
         scores, k = result.scores, self.top_k
         self.scatter.set_scores(scores, k)
+        self.scatter.figure.title = "every channel"
         self.lists.set_scores(scores, k)
+        self.intervals.show(scores, k)
         self.detail.set_run(scores, result.samples, result.sample_indices, result.sample_maps)
         neuron = self.selected
         if neuron is None or neuron[0] not in scores.layers or neuron[1] >= scores.correlation[neuron[0]].numel():
@@ -323,6 +334,18 @@ class NeuronExplorer(View):
             self.show_selected()
         else:
             self.selected = neuron
+
+    def show_partial(self, scores: NeuronScores) -> None:
+        """A live run's scores of the copies so far: the scatter and the lists refine; intervals come at the end."""
+        self.scatter.set_scores(scores, self.top_k)
+        self.scatter.figure.title = f"every channel · {scores.n_samples} copies so far"
+        self.lists.set_scores(scores, self.top_k)
+        self.intervals.clear(f"intervals after the run ({scores.n_samples} copies so far)")
+        self.scatter.set_selected(self.selected)
+
+    def estimate_seconds(self, outcome: Outcome) -> float:
+        """The last run's time scaled to the current number of copies."""
+        return outcome.seconds * self.n_samples / max(1, outcome.result.scores.n_samples)
 
     # ------------------------------------------------------------------ selection
 
@@ -508,6 +531,7 @@ def score_rows(scores: NeuronScores, k: int) -> list[dict[str, Any]]:
     list of dict
     """
     top_c, top_p = scores.top("correlation", k), scores.top("precision", k)
+    intervals = interval_rows(scores, k)  # empty without bootstrap replicates
     rows = []
     for layer in scores.layers:
         corr = scores.correlation[layer].reshape(-1).tolist()
@@ -516,7 +540,7 @@ def score_rows(scores: NeuronScores, k: int) -> list[dict[str, Any]]:
         tc, tp = set(top_c[layer]), set(top_p[layer])
         for c, (r, p, m) in enumerate(zip(corr, prec, mean)):
             rows.append({"layer": layer, "channel": c, "correlation": r, "precision": p, "mean_activation": m,
-                         "top_by_correlation": c in tc, "top_by_precision": c in tp})
+                         "top_by_correlation": c in tc, "top_by_precision": c in tp, **intervals.get((layer, c), {})})
     return rows
 
 
@@ -524,7 +548,9 @@ def save_scores(path: Path, scores: NeuronScores, k: int, settings: dict[str, An
     """Write :func:`score_rows` to CSV or JSON (by the suffix).
 
     Columns: ``layer, channel, correlation, precision, mean_activation, top_by_correlation,
-    top_by_precision`` (the last two with top-``k``). CSV writes ``nan`` and ``inf`` as such;
+    top_by_precision`` (the last two with top-``k``), and with bootstrap replicates the 90 %
+    intervals, rank intervals and ties of :func:`neuronviz.widgets.panels.intervals.interval_rows`.
+    CSV writes ``nan`` and ``inf`` as such;
     JSON (an object with the run's settings and a ``neurons`` list of rows) writes NaN as
     ``null`` and infinite precision as the string ``"inf"``, so any JSON reader takes it.
 
@@ -546,7 +572,7 @@ def save_scores(path: Path, scores: NeuronScores, k: int, settings: dict[str, An
     rows = score_rows(scores, k)
     if path.suffix.lower() == ".csv":
         with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(_ROW_FIELDS))
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else list(_ROW_FIELDS))
             writer.writeheader()
             writer.writerows(rows)
     else:

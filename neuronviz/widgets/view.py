@@ -118,6 +118,9 @@ class View(W.VBox):
     #: The file name the Export row offers.
     export_name: ClassVar[str] = "view.png"
     run_label: ClassVar[str] = "Run"
+    #: Whether live mode turns itself on while runs are fast (see :attr:`live`); a view that
+    #: publishes partial results sets it.
+    live_auto: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -473,9 +476,11 @@ class View(W.VBox):
     def live(self) -> bool:
         """Live mode: a change of a setting that needs a run starts one by itself, after a short pause.
 
-        On by default while the last run took under :data:`LIVE_UNDER_S` seconds; settable (and
-        the ``live`` constructor argument). A live run shows partial results as they come
-        (``job.publish(partial)`` in :meth:`compute`); the previous picture stays until then.
+        In a view with :attr:`live_auto`, on by default while a run of the current settings is
+        estimated (:meth:`estimate_seconds`) to take under :data:`LIVE_UNDER_S` seconds, until
+        the user chooses; settable (and the ``live`` constructor argument). A live run shows
+        partial results as they come (``job.publish(partial)`` in :meth:`compute`); the
+        previous picture stays until then.
         """
         return bool(self.live_toggle.value)
 
@@ -489,7 +494,7 @@ class View(W.VBox):
         if live is not None and not isinstance(live, bool):
             raise NeuronvizError(f"live must be True, False or None (automatic), got {live!r}")
         self._live_timer: threading.Timer | None = None
-        self._live_auto = live is None
+        self._live_auto = live is None and self.live_auto
         self.live_toggle = W.Checkbox(value=bool(live), description="live", indent=False,
                                       tooltip="run by itself shortly after a setting changes",
                                       layout=W.Layout(width="70px"))

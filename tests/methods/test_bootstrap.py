@@ -156,7 +156,8 @@ def test_a_planted_driving_channel_has_an_interval_above_every_other_channels():
 def test_ties_intervals_and_stable_top_on_hand_made_replicates():
     reps = torch.tensor([[0.9, 0.50, 0.49, 0.1], [0.8, 0.52, 0.50, 0.2], [0.85, 0.45, 0.55, 0.15],
                          [0.9, 0.48, 0.51, 0.1]], dtype=torch.float64)
-    scores = nv.NeuronScores(correlation={"l": torch.tensor([0.86, 0.5, 0.49, 0.15], dtype=torch.float64)}, precision={"l": torch.ones(4)},
+    point = torch.tensor([0.86, 0.5, 0.49, 0.15], dtype=torch.float64)
+    scores = nv.NeuronScores(correlation={"l": point}, precision={"l": torch.ones(4)},
                              mean_activation={"l": torch.ones(4)}, outputs=torch.zeros(4), target=0,
                              output="probability", shapes={"l": (4,)}, n_samples=4,
                              replicates={"correlation": {"l": reps}, "precision": {"l": 1 / reps}})

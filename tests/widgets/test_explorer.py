@@ -37,6 +37,7 @@ def x():
 
 def explorer(net, x, **kwargs) -> NeuronExplorer:
     kwargs.setdefault("n_samples", 6)
+    kwargs.setdefault("live", False)  # these tests press Run; live mode is tested in test_live.py
     return NeuronExplorer(net, x, LAYERS, **kwargs)
 
 

@@ -120,6 +120,7 @@ def test_a_setting_property_validates_with_its_rule_and_moves_the_control(case, 
 
 def test_changing_a_rerun_setting_waits_for_run_and_says_so(case, net):
     v = finished(case, net)
+    v.live = False  # Run behaviour (live mode: tests/widgets/test_live.py)
     before = case.result(v)
     name, first, second = case.rerun
     setattr(v, name, second if getattr(v, name) != second else first)
@@ -130,6 +131,7 @@ def test_changing_a_rerun_setting_waits_for_run_and_says_so(case, net):
 
 def test_cancel_keeps_the_previous_result_and_the_model(case, net, snapshot):
     v = finished(case, net)
+    v.live = False  # Run behaviour (live mode: tests/widgets/test_live.py)
     before = case.result(v)
     snap = snapshot(net)
     net.gate.close()
