@@ -37,6 +37,8 @@ for _name in ARCHITECTURES:
 def build(name: str) -> tuple[torch.nn.Module, int]:
     torch.manual_seed(0)
     net = tvm.get_model(name, weights=None, num_classes=10, **OPTIONS.get(name, {}))
+    if name.startswith("vit_"):  # torchvision zero-initialises the ViT head: every image would score the same
+        torch.nn.init.normal_(net.heads.head.weight, std=0.02)
     return net, SIZES.get(name, 64)
 
 
