@@ -197,3 +197,12 @@ def test_a_long_call_in_a_notebook_shows_a_progress_widget(tmp_path):
     assert [(b["value"], b["max"]) for b in bars] == [(LONG_WORK, LONG_WORK)], bars
     stderr = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr"]
     assert not stderr, stderr  # a widget, not a text bar (nor a warning that ipywidgets is missing)
+
+
+@pytest.mark.slow
+def test_the_command_line_draws_a_bar_on_a_terminal(monkeypatch, tmp_path):
+    from neuronviz.__main__ import main
+
+    terminal = use_terminal(monkeypatch)
+    assert main(["demo", "--out", str(tmp_path / "d.png"), "--n-samples", "6", "--layers", "blocks.15"]) == 0
+    assert "score_neurons" in terminal.getvalue() and "6/6" in terminal.getvalue()
