@@ -25,6 +25,7 @@ from ..render.explorer import ExplorerView, render_explorer
 from ..render.formatting import format_score
 from ..render.pcace import display_images
 from .examples import ExamplesSection, demo_examples
+from .knockouts import KnockoutSection
 from .panels import NeuronDetail, NeuronScatter, OverlayPanel, SelectionLists
 from .panels.intervals import IntervalPanel, interval_rows
 from .perturbation import STRENGTHS, check_strength, perturbation_for
@@ -263,10 +264,11 @@ class NeuronExplorer(View):
         row = self.exporter.widget
         row.children = (*row.children[:-1], self.scores_button, row.children[-1])
         self.examples = ExamplesSection(self, self._example_source)
+        self.knockouts = KnockoutSection(self)  # knock-out toggle and deletion curves
         left = W.VBox([self.overlay.widget, self.selected_label, self.selected_info, self.examples.widget],
                       layout=W.Layout(width="320px"))
         return [W.HBox([left, self.scatter.widget]),
-                W.HBox([self.lists.widget, self.intervals.widget, self.detail.widget],
+                W.HBox([self.lists.widget, self.intervals.widget, self.detail.widget, self.knockouts.widget],
                        layout=W.Layout(flex_flow="row wrap"))]
 
     def header_html(self) -> str:
@@ -372,6 +374,7 @@ class NeuronExplorer(View):
         """Bring every panel to the selected neuron."""
         neuron, outcome = self.selected, self.outcome
         self.examples.show(neuron)  # the data-set examples (and the explained image back in the overlay)
+        self.knockouts.select(neuron)
         self.scatter.set_selected(neuron)
         self.lists.set_selected(neuron)
         if neuron is None or outcome is None:

@@ -56,3 +56,27 @@ def test_errors_are_shown_in_the_section(view):
     section.draw_curves()
     section.wait(30)
     assert "NeuronvizError" in section.status.value
+
+
+def test_the_explorer_knocks_out_the_selected_neuron_and_draws_the_curves(snapshot):
+    from explorer_nets import gated_cnn, image
+
+    net, x = gated_cnn(), image()
+    snap = snapshot(net)
+    w = nv.NeuronExplorer(net, x, ["conv1", "conv2"], n_samples=6, live=False)
+    w.wait(60)
+    assert w.status == "done", w.error
+    w.selected = ("conv2", 1)
+    section = w.knockouts
+    assert section.neuron == ("conv2", 1)
+    section.toggle.button.value = True
+    section.wait(30)
+    eff = nv.knockout_effect(net, x, {"conv2": [1]}, target=w.scores.target, output=w.scores.output)
+    assert f"{float(eff.knocked[0]):.3f}" in section.toggle.text.value
+    w.selected = ("conv1", 0)
+    assert section.toggle.button.value is False
+    section.draw_curves()
+    section.wait(60)
+    assert [f.title for f in section.panel.figures] == ["conv1", "conv2"], section.status.value
+    w.close()
+    snap.assert_unchanged()
