@@ -15,6 +15,7 @@ import hashlib
 import inspect
 import os
 import re
+import shutil
 import sys
 import tempfile
 import warnings
@@ -177,8 +178,8 @@ def execute_notebooks() -> None:
     out.mkdir(exist_ok=True)
     execute = os.environ.get("NEURONVIZ_DOCS_EXECUTE", "1") != "0"
     sources = sorted((ROOT / "notebooks").glob("*.ipynb"))
-    for stale in set(out.glob("*.ipynb")) - {out / s.name for s in sources}:
-        stale.unlink()
+    for stale in set(out.iterdir()) - {out / s.name for s in sources}:  # only the notebooks: no orphan page
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     for src in sources:
         dst = out / src.name
         digest = _digest(src) + ("" if execute else "-sources")

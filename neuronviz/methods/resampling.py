@@ -99,7 +99,7 @@ class NeuronScores:
         Per layer, where its output keeps the channels ("channels_first", "channels_last" or
         "tokens", see ``layout``); scores, shapes and maps are channels first in every case.
     replicates : dict or None
-        With ``bootstrap=B``: ``replicates[metric][layer]``, the (B, *shape) scores of the B
+        With ``bootstrap=B``: ``replicates[metric][layer]``, the ``(B, *shape)`` scores of the B
         Poisson-bootstrap replicates (see :meth:`interval`, :meth:`rank_interval`,
         :meth:`tied`); None otherwise. ``excluded`` is the full sample's in every replicate.
     bootstrap_seed : int or None
