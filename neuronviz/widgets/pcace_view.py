@@ -233,15 +233,6 @@ class PCACEView(View):
     # ------------------------------------------------------------------ state
 
     @property
-    def layers(self) -> list[str]:
-        """The layers the next run ranks (settable, validated)."""
-        return list(self._values["layers"])
-
-    @layers.setter
-    def layers(self, value: Sequence[str] | str) -> None:
-        self._set("layers", value)
-
-    @property
     def ranking(self) -> LayerRanking | None:
         """The latest finished run's ranking, its summary over the current top-k (None before a run)."""
         return self._ranking

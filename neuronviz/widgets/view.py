@@ -673,7 +673,8 @@ class View(W.VBox):
 
 def _setting_property(name: str) -> property:
     def get(self: View) -> Any:
-        return self._values[name]
+        value = self._values[name]
+        return list(value) if isinstance(value, tuple) else value  # layer lists read as lists
 
     def put(self: View, value: Any) -> None:
         self._set(name, value)
