@@ -22,14 +22,14 @@ image (the padding outside it is not part of the picture).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .capture import ActivationCapture, hooks, resolve_layers
 from .errors import NeuronvizError
-from .locks import runs_model
+from .locks import hold_model, runs_model
 from .model_state import preserved_state
 
 __all__ = ["ReceptiveField", "receptive_field", "analytic_chain"]
@@ -77,6 +77,23 @@ class ReceptiveField:
     offset: tuple[int, int] | None = None
     size: tuple[int, int] | None = None
     _boxes: dict[int, tuple[int, int, int, int]] = field(default_factory=dict, repr=False)
+    _probe: Any = field(default=None, repr=False, compare=False)  # (model, input) to measure later
+
+    def measure(self, positions: Sequence[int | tuple[int, int]]) -> None:
+        """Measure the gradient boxes of these positions now (in one batch), if not measured yet.
+
+        Parameters
+        ----------
+        positions : sequence of int or (row, column)
+        """
+        if self.method != "gradient" or self._probe is None:
+            return
+        flat = [p[0] * self.grid[1] + p[1] if isinstance(p, (tuple, list)) else int(p) for p in positions]
+        flat = [p for p in flat if p not in self._boxes]
+        model = self._probe[0]
+        if flat and model is not None:
+            with hold_model(model):
+                self._boxes.update(_gradient_boxes(model, self.layer, self._probe[1], flat, self.grid))
 
     def position(self, flat: int) -> tuple[int, int]:
         """(row, column) of a flat position index."""
@@ -113,6 +130,7 @@ class ReceptiveField:
             box = (top, left, top + self.size[0], left + self.size[1])
         else:
             flat = row * self.grid[1] + col
+            self.measure([flat])
             if flat not in self._boxes:
                 raise NeuronvizError(
                     f"the gradient-measured field of layer {self.layer!r} has no box for position ({row}, {col}); "
@@ -249,7 +267,8 @@ def receptive_field(
         An input of the model's size, (1, C, H, W) or (N, C, H, W) (the first image is used;
         its values do not matter).
     positions : sequence of int, optional
-        Flat positions to measure when the field is measured by gradient (default: all).
+        Flat positions to measure now when the field is measured by gradient (default: none; each
+        position is measured when its box is first asked for).
     method : {"auto", "analytic", "gradient"}
         "auto": analytic where the path is a chain, gradient otherwise; "analytic" refuses a
         model that is not a chain; "gradient" always measures.
@@ -288,7 +307,8 @@ def receptive_field(
             f"the modules before layer {layer!r} are not a chain of convolutions, poolings and point-wise "
             "modules, so its receptive field has no closed form; use method='auto' or 'gradient'"
         )
-    wanted = range(grid[0] * grid[1]) if positions is None else positions
     rf = ReceptiveField(layer, "gradient", grid, image)
-    rf._boxes.update(_gradient_boxes(model, layer, x, list(wanted), grid))
+    rf._probe = (model, x.clone())  # boxes measured when first asked for
+    if positions is not None:
+        rf.measure(list(positions))
     return rf

@@ -423,6 +423,9 @@ class TopExamples:
             Unknown layer or channel, an index the data set does not have.
         """
         rows = self.examples(layer, channel)
+        rf = self.receptive_fields.get(layer)
+        if rf is not None:
+            rf.measure([r.position for r in rows if r.position is not None])  # one batch for all of them
         pictures, labels = [], []
         for row in rows:
             try:
@@ -716,8 +719,8 @@ def top_examples(
         if receptive_fields and x0 is not None and by == "max":
             for name in names:
                 if grids.get(name) is not None:
-                    wanted = sorted({int(p) for p in kept[name][2].flatten().tolist() if p >= 0})
-                    fields[name] = receptive_field(model, name, x0.to(dev), positions=wanted)
+                    # a measured field probes each position only when a crop needs it
+                    fields[name] = receptive_field(model, name, x0.to(dev))
 
     return TopExamples(
         layers=names, k=k, by=by,
