@@ -10,10 +10,9 @@ import json
 import re
 import time
 
-import pytest
-
 import explorer_page as ex
 import pages
+import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -73,7 +72,7 @@ def test_moving_a_slider_in_live_mode_updates_the_scatter_without_run_twice(lab)
         pages.press_key_on(handle, "ArrowRight")
         pages.wait_until(lambda: "copies so far" in _scatter_title(page), 120, "a partial scatter")
         first = time.monotonic() - start
-        pages.wait_until(lambda: f"last run: {n} copies" in _header(page), 120, f"the run of {n} copies")
+        pages.wait_until(lambda n=n: f"last run: {n} copies" in _header(page), 120, f"the run of {n} copies")
         pages.wait_until(lambda: "copies so far" not in _scatter_title(page), 30, "the final scatter")
         final = time.monotonic() - start
         status = ex.status(page)
