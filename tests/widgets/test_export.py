@@ -95,8 +95,9 @@ def test_csv_scores_hold_one_row_per_channel_matching_the_scores(w, tmp_path):
         rows = list(csv.DictReader(f))
     expected = list(_expected_rows(w.scores, w.top_k))
     assert len(rows) == len(expected) == 6 + 4
-    assert list(rows[0]) == ["layer", "channel", "correlation", "precision", "mean_activation",
-                             "top_by_correlation", "top_by_precision"]
+    assert list(rows[0])[:7] == ["layer", "channel", "correlation", "precision", "mean_activation",
+                                 "top_by_correlation", "top_by_precision"]
+    assert "correlation_lo" in rows[0] and "correlation_hi" in rows[0]  # the run's 90 % intervals follow
     for row, (layer, c, values, tc, tp) in zip(rows, expected):
         assert row["layer"] == layer and int(row["channel"]) == c
         got = (float(row["correlation"]), float(row["precision"]), float(row["mean_activation"]))
