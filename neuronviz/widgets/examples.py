@@ -9,8 +9,10 @@ the view's overlay with the neuron's map over it.
 
 from __future__ import annotations
 
+import atexit
 import html
 import threading
+import weakref
 from typing import Any
 
 import torch
@@ -25,6 +27,27 @@ __all__ = ["ExamplesSection", "crops_dataset", "demo_examples"]
 
 class _Closed(Exception):
     """The view was closed: the search stops."""
+
+
+#: Seconds the interpreter waits at exit for a search to reach its next batch and stop.
+EXIT_WAIT_S = 10.0
+_EXITING = threading.Event()
+_THREADS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_searches() -> None:
+    # a daemon thread still inside a torch operation when the interpreter ends aborts the process
+    _EXITING.set()
+    for thread in list(_THREADS):
+        thread.join(EXIT_WAIT_S)
+
+
+def _thread(target: Any, *args: Any, name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, args=args, daemon=True, name=name)
+    _THREADS.add(thread)
+    thread.start()
+    return thread
 
 
 def crops_dataset(source: Any) -> Any:
@@ -61,7 +84,7 @@ class ExamplesSection:
             self.panel.message(HOW_TO_GIVE)
 
     def _closed(self) -> bool:
-        return getattr(self.widget, "comm", None) is None
+        return _EXITING.is_set() or getattr(self.widget, "comm", None) is None
 
     def show(self, neuron: tuple[str, int] | None) -> None:
         """Show the neuron's crops, starting the search for its layer if needed; restore the view's own image."""
@@ -73,7 +96,8 @@ class ExamplesSection:
             return
         layer = neuron[0]
         if layer in self.cache:
-            self._fill()
+            # the crops' maps need a forward pass: off the selection's path
+            _thread(self._fill_quietly, name="neuronviz-example-crops")
             return
         self.panel.message(f"finding the data-set examples of <b>{html.escape(layer)}</b> in the background…")
         self._start()
@@ -86,9 +110,7 @@ class ExamplesSection:
                       if name not in self.cache] if self.neuron else []
             if not wanted:
                 return
-            self._thread = threading.Thread(target=self._search, args=(wanted,), daemon=True,
-                                            name="neuronviz-examples")
-            self._thread.start()
+            self._thread = _thread(self._search, wanted, name="neuronviz-examples")
 
     def _search(self, layers: list[str]) -> None:
         def stop_if_closed(done: int, total: int) -> None:
@@ -118,12 +140,20 @@ class ExamplesSection:
         if thread is not None:
             thread.join(timeout)
 
+    def _fill_quietly(self) -> None:
+        try:
+            self._fill()
+        except Exception as err:  # noqa: BLE001 - shown in the panel: the view itself keeps working
+            self.panel.message(f"<span style='color:#b00'>data-set examples failed: {html.escape(str(err))}</span>")
+
     def _fill(self) -> None:
         layer, channel = self.neuron
         ex = self.cache[layer]
         if channel >= ex.values[layer].shape[1]:
             return
         crops = ex.crops(crops_dataset(self.source), layer, channel, model=self.view.model)
+        if self.neuron != (layer, channel) or self._closed():
+            return  # another neuron was selected meanwhile: its own fill shows it
         gen = ex.generality(layer)
         share = float(gen.share[channel])
         note = (f"top {len(crops)} of {ex.n_images} images · fires on {share:.0%} of them"
