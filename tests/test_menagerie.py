@@ -5,7 +5,7 @@ For each architecture: ``layer_summary``, ``score_neurons`` on the explorer's de
 explorer built on it (``autorun=False``); the model is checked untouched after each call
 (parameters, buffers, modes, ``requires_grad``, no hook).
 
-A small subset runs by default; the whole set is marked ``slow`` and ``menagerie``
+A small subset runs by default; the rest is marked ``slow`` and ``menagerie`` and left out unless asked for
 (``pytest -m menagerie tests/test_menagerie.py``).
 """
 
