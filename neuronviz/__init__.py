@@ -7,25 +7,29 @@ copies of an image (input resampling), rank channels by PCACE, and draw it all i
 from .core import perturb
 from .core.capture import ActivationCapture, capture, layer_summary
 from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError, NeuronvizTypeError, NeuronvizWarning
+from .core.receptive_field import ReceptiveField, receptive_field
 from .core.targets import top_predictions
 from .data import augment, deprocess, imagenet_categories, load_digits, preprocess, sample_image, sample_image_names
-from .methods.ace import AceResult, ace, maximal_correlation
+from .figures import render_layer_ranking, render_pcace, render_scores
 from .methods import saliency
+from .methods.ace import AceResult, ace, maximal_correlation
 from .methods.baselines import BaselineScores, baseline_scores
-from .methods.inversion import InversionResult, default_inversion_delta, default_inversion_layers, guided_feature_inversion
-from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
-from .methods.knockout import KnockoutEffect, knockout, knockout_effect
-from .methods.faithfulness import FaithfulnessCurves, deletion_curve, mask_deletion_curve
-from .methods.resampling import NeuronScores, overlap, score_neurons
 from .methods.examples import TopExamples, top_examples
-from .core.receptive_field import ReceptiveField, receptive_field
+from .methods.faithfulness import FaithfulnessCurves, deletion_curve, mask_deletion_curve
+from .methods.inversion import (
+    InversionResult,
+    default_inversion_delta,
+    default_inversion_layers,
+    guided_feature_inversion,
+)
+from .methods.knockout import KnockoutEffect, knockout, knockout_effect
+from .methods.pcace import LayerRanking, PCACEScores, pcace, rank_layers
+from .methods.resampling import NeuronScores, overlap, score_neurons
 from .methods.stability import SelectionStability, selection_stability
 from .models import default_model, digits_model
-from .figures import render_scores
-from .render.inversion import render_inversion
-from .render.faithfulness import render_faithfulness
 from .render.examples import render_examples
-from .figures import render_layer_ranking, render_pcace
+from .render.faithfulness import render_faithfulness
+from .render.inversion import render_inversion
 from .widgets import App, InversionView, NeuronExplorer, PCACEView, app, demo
 
 __version__ = "0.1.0"

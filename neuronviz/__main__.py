@@ -38,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="neuronviz",
         description="Explain a convolutional network from the inside, on the bundled EfficientNet-Lite0.",
-        epilog="Example: neuronviz demo --out demo.png --image coffee --layers blocks.10.expand.act blocks.15.depthwise.act",
+        epilog=(
+            "Example: neuronviz demo --out demo.png --image coffee "
+            "--layers blocks.10.expand.act blocks.15.depthwise.act"
+        ),
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -96,8 +99,8 @@ def _format_top(scores, metric: str, n: int) -> str:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .core.model_state import resolve_device
-    from .methods.resampling import overlap, score_neurons
     from .figures import render_scores
+    from .methods.resampling import overlap, score_neurons
     from .render import SAVE_FORMATS, class_label
 
     if args.out.suffix.lower() not in SAVE_FORMATS:  # fail before minutes of scoring

@@ -25,8 +25,9 @@ __all__ = [
     "ActivationCapture", "HookFn", "capture", "hooks", "resolve_layers", "layer_summary", "LayerInfo", "LayerSummary",
 ]
 
-#: A forward hook: ``fn(module, args, output)``, as ``nn.Module.register_forward_hook`` calls it.
-HookFn = Callable[[nn.Module, tuple, Any], None]
+#: A forward hook: ``fn(module, args, output)``, as ``nn.Module.register_forward_hook`` calls it;
+#: a value it returns (not None) replaces the module's output.
+HookFn = Callable[[nn.Module, tuple, Any], Any]
 
 
 def resolve_layers(model: nn.Module, layers: str | Sequence[str]) -> dict[str, nn.Module]:
@@ -56,7 +57,9 @@ def resolve_layers(model: nn.Module, layers: str | Sequence[str]) -> dict[str, n
     try:
         names = list(dict.fromkeys(layers))
     except TypeError:
-        raise NeuronvizTypeError(f"layers must be a layer name or a list of names, got {type(layers).__name__}") from None
+        raise NeuronvizTypeError(
+            f"layers must be a layer name or a list of names, got {type(layers).__name__}"
+        ) from None
     if not names:
         raise LayerNotFoundError("layers is empty: name at least one layer (see nv.layer_summary(model, x))")
     modules = dict(model.named_modules())
@@ -252,7 +255,9 @@ class ActivationCapture:
         # a new forward pass of the root model starts a new recording
         self._outputs.clear()
         first = args[0] if args else None
-        self._image_size = tuple(first.shape[-2:]) if isinstance(first, torch.Tensor) and first.dim() == 4 else None
+        self._image_size = (
+            (first.shape[-2], first.shape[-1]) if isinstance(first, torch.Tensor) and first.dim() == 4 else None
+        )
 
     def __enter__(self) -> "ActivationCapture":
         stack = contextlib.ExitStack()
@@ -448,7 +453,9 @@ def layer_summary(model: nn.Module, x: torch.Tensor, *, max_depth: int | None = 
             "nv.preprocess(image) turns a PIL image or array into one"
         )
     if x.dim() == 0:
-        raise NeuronvizError("x is a 0-d tensor (one number); pass an input batch as the model takes it, e.g. (1, C, H, W)")
+        raise NeuronvizError(
+            "x is a 0-d tensor (one number); pass an input batch as the model takes it, e.g. (1, C, H, W)"
+        )
     if x.dim() in (3, 4):  # an image or a batch of images: checked like every method's input
         x = check_image(x[:1] if x.dim() == 4 else x, model)
     if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1):

@@ -165,7 +165,7 @@ class Ranks:
         except Exception as err:
             try:
                 self._exchange(f"{type(err).__name__}: {err}", what)
-            except Exception:  # the others may be gone already: this rank's own error is what matters
+            except Exception:  # noqa: BLE001 - the others may be gone already: this rank's own error is what matters
                 pass
             raise
         self._exchange(None, what)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, cast
 
 import torch
 from torch import nn
@@ -156,7 +156,7 @@ def _type_hint(module: nn.Module | None) -> str | None:
         if isinstance(module, nn.LayerNorm):
             return "last" if len(module.normalized_shape) == 1 else None
         if name == "Permute" and hasattr(module, "dims"):
-            dims = list(module.dims)
+            dims = list(cast(Sequence[int], module.dims))  # nn.Module.__getattr__ is typed Tensor | Module
             return "last" if dims[1:] and dims[-1] == 1 else "first" if dims[1:2] == [len(dims) - 1] else None
         if isinstance(module, nn.Sequential) and len(module):
             module = module[-1]  # a stage is what its last module returns

@@ -97,6 +97,7 @@ class MultiplicativeGaussian(Perturbation):
             raise NeuronvizError(f"sigma_step must be >= 0, got {self.sigma_step}")
 
     def perturb_one(self, x: torch.Tensor, index: int, generator: torch.Generator) -> torch.Tensor:
+        """Return copy ``index`` of ``x``: ``x * (1 + eps)`` with noise of scale ``sigma_step * index``."""
         if index == 0 or self.sigma_step == 0:
             return x
         eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -104,6 +105,7 @@ class MultiplicativeGaussian(Perturbation):
 
     @property
     def strength(self) -> float:
+        """The noise growth per copy, ``sigma_step``."""
         return self.sigma_step
 
 
@@ -125,12 +127,14 @@ class AdditiveGaussian(Perturbation):
             raise NeuronvizError(f"sigma must be >= 0, got {self.sigma}")
 
     def perturb_one(self, x: torch.Tensor, index: int, generator: torch.Generator) -> torch.Tensor:
+        """Return copy ``index`` of ``x``: ``x`` plus Gaussian noise of standard deviation ``sigma``."""
         if index == 0:
             return x
         return x + self.sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
     @property
     def strength(self) -> float:
+        """The noise standard deviation, ``sigma``."""
         return self.sigma
 
 
@@ -158,6 +162,7 @@ class Occlusion(Perturbation):
             raise NeuronvizError(f"patch_size and n_patches must be >= 1, got {self.patch_size}, {self.n_patches}")
 
     def perturb_one(self, x: torch.Tensor, index: int, generator: torch.Generator) -> torch.Tensor:
+        """Return copy ``index`` of ``x`` with ``n_patches`` random square patches set to ``value``."""
         if index == 0:
             return x
         h, w = x.shape[-2:]
@@ -165,12 +170,13 @@ class Occlusion(Perturbation):
         out = x.clone()
         corners = torch.rand((self.n_patches, 2), generator=generator, device=x.device)
         for top, left in corners.tolist():
-            t, l = int(top * (h - p + 1)), int(left * (w - p + 1))
-            out[..., t : t + p, l : l + p] = self.value
+            t, lft = int(top * (h - p + 1)), int(left * (w - p + 1))
+            out[..., t : t + p, lft : lft + p] = self.value
         return out
 
     @property
     def strength(self) -> float:
+        """The patch side in pixels, ``patch_size``."""
         return float(self.patch_size)
 
 
@@ -197,6 +203,7 @@ class GaussianBlur(Perturbation):
             raise NeuronvizError(f"need 0 <= sigma_min <= sigma_max, got {self.sigma_min}, {self.sigma_max}")
 
     def perturb_one(self, x: torch.Tensor, index: int, generator: torch.Generator) -> torch.Tensor:
+        """Return copy ``index`` of ``x`` blurred with a width drawn from ``[sigma_min, sigma_max]``."""
         if index == 0:
             return x
         u = float(torch.rand((), generator=generator, device=x.device))
@@ -205,6 +212,7 @@ class GaussianBlur(Perturbation):
 
     @property
     def strength(self) -> float:
+        """The largest blur standard deviation, ``sigma_max``."""
         return self.sigma_max
 
 

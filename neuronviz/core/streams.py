@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
+from typing import Any, TypeGuard, cast
 
 import torch
 
@@ -11,7 +12,7 @@ from .errors import NeuronvizError
 __all__ = ["is_batch_stream", "iter_batches", "check_reiterable", "count_hint", "RowBuffer"]
 
 
-def is_batch_stream(source: object) -> bool:
+def is_batch_stream(source: object) -> TypeGuard[Iterable[Any]]:
     """Whether ``source`` is an iterable of batches (a DataLoader, a list of tensors), not a tensor.
 
     Parameters
@@ -109,7 +110,7 @@ def count_hint(source: object) -> int | None:
         try:
             if source.batch_size is None:  # a batch_sampler gives the batches
                 return None
-            n = len(source.sampler)
+            n = len(cast(Sized, source.sampler))  # a sampler without __len__ raises the TypeError below
             return (n // source.batch_size) * source.batch_size if source.drop_last else n
         except TypeError:  # an iterable dataset without __len__
             return None

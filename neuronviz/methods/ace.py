@@ -43,11 +43,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
 from ..core.errors import NeuronvizError
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = ["AceResult", "ace", "ace_batch", "maximal_correlation", "SPANS", "TIED_RHO_BOUND"]
 
@@ -122,7 +126,7 @@ class AceResult:
                 rows.append(row)
         return rows
 
-    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+    def to_frame(self) -> "pandas.DataFrame":
         """:meth:`as_rows` as a pandas DataFrame.
 
         Returns
@@ -389,6 +393,7 @@ class _SortedVariable:
         resid = (y - smooth).abs_().mul_(self.inv_denom)
         if not self.all_cv_ok:
             # a point whose leverage is >= 1 gets the last usable residual before it (0 if none)
+            assert self.cv_last is not None  # set whenever not all_cv_ok
             last = self.cv_last.expand_as(resid)
             resid = torch.where(last >= 0, torch.gather(resid, 2, last.clamp(min=0)), 0.0)
         return self._average_ties(smooth), resid
@@ -672,7 +677,17 @@ class _WorkingSet:
         return (self.history.amax(1) - self.history.amin(1) <= delrsq) | (self.iterations >= maxit)
 
 
-def _solve(x: torch.Tensor, y: torch.Tensor, y_shared: bool, delrsq: float, maxit: int, nterm: int) -> AceResult:
+class _Solved(NamedTuple):
+    """The batched fields of an :class:`AceResult`, all tensors."""
+
+    rho: torch.Tensor
+    rsq: torch.Tensor
+    x_transforms: torch.Tensor
+    y_transform: torch.Tensor
+    iterations: torch.Tensor
+
+
+def _solve(x: torch.Tensor, y: torch.Tensor, y_shared: bool, delrsq: float, maxit: int, nterm: int) -> _Solved:
     """ACE on checked inputs x (B, p, n), y (B, n); returns batched transforms.
 
     Problems are iterated in a working set of bounded size, which bounds the memory of the
@@ -723,7 +738,7 @@ def _solve(x: torch.Tensor, y: torch.Tensor, y_shared: bool, delrsq: float, maxi
             if work is None and joined >= b:
                 break
 
-    return AceResult(
+    return _Solved(
         rho=out_rho, rsq=out_rsq, x_transforms=out_phi.transpose(1, 2), y_transform=out_theta, iterations=out_iters
     )
 
@@ -778,7 +793,7 @@ def ace_batch(
     """
     delrsq, maxit, nterm = _check_controls(delrsq, maxit, nterm)
     xt, yt, shared = _prepare(x, y)
-    return _solve(xt, yt, shared, delrsq, maxit, nterm)
+    return AceResult(**_solve(xt, yt, shared, delrsq, maxit, nterm)._asdict())
 
 
 def maximal_correlation(

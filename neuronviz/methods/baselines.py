@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from ..core.errors import NeuronvizError
 from ..core.locks import runs_model
 from ..core.model_state import model_device, preserved_state
 from ..core.validation import check_image, forward_checked
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = [
     "BASELINES",
@@ -109,7 +112,8 @@ def _record(
     model: nn.Module, x: torch.Tensor, layers: Sequence[str], *, order: bool = False
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """One clean forward pass: the layers' activations on ``x``, and (``order=True``) the names of
-    the modules in the order they finished."""
+    the modules in the order they finished.
+    """
     finished: list[str] = []
     note = {name: (lambda m, a, o, name=name: finished.append(name)) for name, _ in model.named_modules() if name}
     with preserved_state(model), torch.no_grad():
@@ -314,7 +318,7 @@ class BaselineScores:
                 rows.append(row)
         return rows
 
-    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+    def to_frame(self) -> "pandas.DataFrame":
         """:meth:`as_rows` as a pandas DataFrame.
 
         Returns
@@ -331,8 +335,8 @@ class BaselineScores:
         return rows_to_frame(self.as_rows(), ["layer", "channel", "weight_layer", *BASELINES])
 
     def __repr__(self) -> str:
-        layers = ", ".join(f"{l} (kernels of {self.weight_layers[l]})" if l in self.weight_layers else l
-                           for l in self.layers)
+        layers = ", ".join(f"{name} (kernels of {self.weight_layers[name]})" if name in self.weight_layers else name
+                           for name in self.layers)
         return f"BaselineScores(layers [{layers}])"
 
 

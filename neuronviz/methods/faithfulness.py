@@ -36,7 +36,7 @@ import math
 import warnings
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, cast
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ from .inversion import BACKGROUNDS, InversionResult, make_background
 from .knockout import How, _check_batch_size, run_sets
 from .pcace import LayerRanking, PCACEScores
 from .resampling import METRICS, NeuronScores
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = [
     "Curve", "FaithfulnessCurves", "deletion_curve", "mask_deletion_curve", "collect_rankings", "normalised_auc",
@@ -317,7 +320,7 @@ class FaithfulnessCurves:
                 })
         return rows
 
-    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+    def to_frame(self) -> "pandas.DataFrame":
         """:meth:`as_rows` as a pandas DataFrame.
 
         Returns
@@ -331,7 +334,8 @@ class FaithfulnessCurves:
         """
         from ..core.tables import rows_to_frame
 
-        return rows_to_frame(self.as_rows(), ["group", "ranking", "mode", "k", "fraction", "value", "relative", "low", "high", "auc", "influence"])
+        columns = ["group", "ranking", "mode", "k", "fraction", "value", "relative", "low", "high", "auc", "influence"]
+        return rows_to_frame(self.as_rows(), columns)
 
     def table(self) -> str:
         """The AUCs as a text table: one line per group and ranking (random: mean and 5-95 % band)."""
@@ -343,6 +347,7 @@ class FaithfulnessCurves:
         for c in self.curves:
             band = ""
             if c.is_random:
+                assert c.aucs is not None  # a random curve keeps its seeds' AUCs
                 lo, hi = c.auc_band()
                 band = f"[{lo:.3f}, {hi:.3f}] over {len(c.aucs)} seeds"
             lines.append(f"{c.group[:28]:<28} {c.ranking[:20]:<20} {len(c.ks):>6} {c.auc:>14.3f} {c.influence:>9.3f}  "
@@ -475,7 +480,7 @@ def _check_ks(ks: object) -> np.ndarray | None:
     if ks is None:
         return None
     try:
-        values = [check_int(k, "every k", lo=0) for k in ks]  # type: ignore[union-attr]
+        values = [check_int(k, "every k", lo=0) for k in cast(Iterable[Any], ks)]  # else the TypeError below
     except TypeError:
         raise NeuronvizTypeError(f"ks must be a sequence of integers, e.g. range(0, 33, 2); got {ks!r}") from None
     if not values:
@@ -561,7 +566,7 @@ def _build_groups(
             group.ks = _default_ks(shortest)
         else:
             if int(ks.max()) > shortest:
-                short = min(group.lengths, key=group.lengths.get)
+                short = min(group.lengths, key=group.lengths.__getitem__)
                 raise NeuronvizError(
                     f"ks goes up to {int(ks.max())}, but ranking {short!r} of {gname!r} ranks only {shortest} neurons "
                     f"(the others have no valid score); pass ks up to {shortest}"
@@ -798,6 +803,7 @@ def deletion_curve(
         state.update(groups=groups, points=points, index=index)
         return masks
 
+    assert not isinstance(progress, bool)  # reports_progress made True/False a callback or None
     res = run_sets(model, x, chosen, make_masks, target=target, output=output, how=how, reference=reference,
                    on=on, n_samples=n_samples, perturbation=perturbation, samples=samples, seed=seed,
                    batch_size=batch_size, device=device, progress=progress)
@@ -911,7 +917,10 @@ def mask_deletion_curve(
     h, w = x.shape[-2:]
     if isinstance(mask, InversionResult):
         if target is None:
-            target = int(mask.target[0])
+            explained = mask.target[0]
+            if explained is None:
+                raise NeuronvizError("the inversion explained a callable target: pass that callable as target=")
+            target = int(explained)
         mask = mask.mask[0]
     m = _as_mask(mask, (h, w))
     if isinstance(background, str) and background not in ("blur", "mean"):
@@ -954,6 +963,7 @@ def mask_deletion_curve(
             passes[0] += 1
             values[r.start : r.stop] = o.cpu()
 
+        assert not isinstance(progress, bool)  # reports_progress made True/False a callback or None
         run_batched(n_rows, size, step, on_progress=progress)
     if original == 0:
         warnings.warn("the target output is 0 on the image, so the normalised AUCs are NaN", NeuronvizWarning,

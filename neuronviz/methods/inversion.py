@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import math
 import operator
-import warnings
 import sys
+import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Sequence, SupportsIndex, Union, cast
 
 import numpy as np
 import torch
@@ -49,7 +49,17 @@ from ..core.perturb import gaussian_blur
 from ..core.progress import BACKWARD_COST, ProgressArg, images_of, is_long, reports_progress
 from ..core.targets import check_class_output, resolve_target
 from ..core.validation import check_batch, forward_checked
-from .inversion_authors import AUTHORS, AUTHORS_BLUR_SIGMA_AT_224, authors_mask, check_recipe, recipe_defaults, run_authors_loop
+from .inversion_authors import (
+    AUTHORS,
+    AUTHORS_BLUR_SIGMA_AT_224,
+    authors_mask,
+    check_recipe,
+    recipe_defaults,
+    run_authors_loop,
+)
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = [
     "InversionResult",
@@ -93,8 +103,8 @@ class InversionResult:
         (B, H, W) in [0, 1]: the class-discriminative mask after stage 2, at input size.
     inversion_mask : torch.Tensor
         (B, H, W) in [0, 1]: the class-agnostic mask after stage 1 (all salient objects).
-    target : list of int
-        The explained class of each image.
+    target : list of int or None
+        The explained class of each image (None for a callable target).
     probability : torch.Tensor
         (B,) float64 softmax probability of the target class on the unmasked image.
     losses : dict of str to torch.Tensor
@@ -120,7 +130,7 @@ class InversionResult:
 
     mask: torch.Tensor
     inversion_mask: torch.Tensor
-    target: list[int]
+    target: list[int | None]
     probability: torch.Tensor
     losses: dict[str, torch.Tensor]
     weights: torch.Tensor
@@ -146,13 +156,13 @@ class InversionResult:
             return float(losses[b, -1]) if losses.shape[-1] else math.nan
 
         return [
-            {"image": b, "target": int(self.target[b]), "probability": float(self.probability[b]),
+            {"image": b, "target": _class_or_none(self.target[b]), "probability": float(self.probability[b]),
              "mask_mean": float(self.mask[b].mean()), "inversion_mask_mean": float(self.inversion_mask[b].mean()),
              "loss_stage1": last(self.losses["stage1"], b), "loss_stage2": last(self.losses["stage2"], b)}
             for b in range(self.mask.shape[0])
         ]
 
-    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+    def to_frame(self) -> "pandas.DataFrame":
         """:meth:`as_rows` as a pandas DataFrame.
 
         Returns
@@ -166,7 +176,8 @@ class InversionResult:
         """
         from ..core.tables import rows_to_frame
 
-        return rows_to_frame(self.as_rows(), ["image", "target", "probability", "mask_mean", "inversion_mask_mean", "loss_stage1", "loss_stage2"])
+        columns = ["image", "target", "probability", "mask_mean", "inversion_mask_mean", "loss_stage1", "loss_stage2"]
+        return rows_to_frame(self.as_rows(), columns)
 
     def __repr__(self) -> str:
         b, h, w = self.mask.shape
@@ -360,7 +371,7 @@ def default_inversion_delta(model: nn.Module) -> float:
 def _unknown_architecture(model: nn.Module, x: torch.Tensor) -> NeuronvizError:
     try:
         rows = [r for r in layer_summary(model, x[:1].to(model_device(model)), max_depth=3) if len(r.shape) == 3]
-    except Exception:  # the error must still be raised, with or without the table
+    except Exception:  # noqa: BLE001 - whatever the model raises, the error must still be raised, without the table
         rows = []
     listing = "\n".join(f"  {r}" for r in rows[-12:]) if rows else "  (none found: see nv.layer_summary(model, x))"
     example = ""
@@ -402,11 +413,21 @@ def _as_index(t: object) -> int:
     if (isinstance(t, np.ndarray) and t.size == 1) or (isinstance(t, torch.Tensor) and t.numel() == 1):
         t = t.item()
     try:
-        return operator.index(t)
+        return operator.index(cast(SupportsIndex, t))  # anything else raises the TypeError below
     except TypeError:
         raise NeuronvizTypeError(
             f"target must be None, a class index, a list of class indices or a callable, got {type(t).__name__}"
         ) from None
+
+
+def _class_or_none(c: int | None) -> int | None:
+    """``int(c)``, or None for the class of a callable target."""
+    return None if c is None else int(c)
+
+
+def _row_of(logits: torch.Tensor, i: int) -> Callable[[], torch.Tensor]:
+    """The prediction of image ``i`` alone, when asked for: ``logits[i : i + 1]``."""
+    return lambda: logits[i : i + 1]
 
 
 def _target_list(target: TargetsSpec, n_images: int) -> list[int | None] | Callable:
@@ -537,9 +558,13 @@ def blend(x: torch.Tensor, mask: torch.Tensor, background: torch.Tensor) -> tupl
 
 
 @runs_model
-@reports_progress(lambda a: is_long(images_of(a.arguments["x"]),
-                                    ((a.arguments["stage1_steps"] or 10) + (a.arguments["stage2_steps"] or 70)) * BACKWARD_COST),
-                  unit="step")
+@reports_progress(
+    lambda a: is_long(
+        images_of(a.arguments["x"]),
+        ((a.arguments["stage1_steps"] or 10) + (a.arguments["stage2_steps"] or 70)) * BACKWARD_COST,
+    ),
+    unit="step",
+)
 def guided_feature_inversion(
     model: nn.Module,
     x: torch.Tensor,
@@ -722,10 +747,10 @@ def guided_feature_inversion(
     if isinstance(x, torch.Tensor) and x.dim() == 3:
         x = x.unsqueeze(0)
     x = check_batch(x, model, what="x")
-    targets = _target_list(target, x.shape[0])
-    score_fn = resolve_target(targets) if callable(targets) else None  # a callable of the model output
-    if score_fn is not None:
-        targets = [None] * x.shape[0]
+    assert not isinstance(progress, bool)  # reports_progress made True/False a callback or None
+    wanted = _target_list(target, x.shape[0])
+    score_fn = resolve_target(wanted) if callable(wanted) else None  # a callable of the model output
+    targets: list[int | None] = [None] * x.shape[0] if callable(wanted) else wanted
     if x.shape[0] == 1 and len(targets) > 1:
         x = x.expand(len(targets), *x.shape[1:])
 
@@ -735,7 +760,9 @@ def guided_feature_inversion(
         if defaults is None:
             if mask_layer is None and feature_layer is None:
                 raise _unknown_architecture(model, x)
-            defaults = (feature_layer, mask_layer)  # the one given serves as both
+            given = mask_layer if mask_layer is not None else feature_layer
+            assert given is not None
+            defaults = (given, given)  # the one given serves as both
         mask_layer = mask_layer if mask_layer is not None else defaults[0]
         feature_layer = feature_layer if feature_layer is not None else defaults[1]
     resolve_layers(model, [mask_layer, feature_layer])  # unknown names fail before any forward pass
@@ -770,11 +797,11 @@ def guided_feature_inversion(
                 f"{tuple(feats.shape)}), so every mask would be constant; choose a layer with a spatial map of "
                 "at least 2x2, an earlier convolution (nv.layer_summary(model, x) lists the shapes)"
             )
+        classes: list[int | None]
         if score_fn is None:
-            classes = [
-                resolve_target(t, "probability", predict=lambda i=i: clean[i : i + 1]).class_index
-                for i, t in enumerate(targets)
-            ]
+            assert clean is not None  # the class output, checked when the target is not a callable
+            classes = [resolve_target(t, "probability", predict=_row_of(clean, i)).class_index
+                       for i, t in enumerate(targets)]
             c_index = torch.tensor(classes, device=dev).unsqueeze(1)
             probability = torch.softmax(clean.double(), dim=1).gather(1, c_index)[:, 0]
         else:
@@ -892,7 +919,9 @@ def _authors_recipe(model: nn.Module, x: torch.Tensor, target: object, targets: 
                     progress: object) -> InversionResult:
     """``recipe="authors"``: the authors' loop (:mod:`neuronviz.methods.inversion_authors`), model restored."""
     if callable(target) and not isinstance(target, (torch.Tensor, np.ndarray)):
-        raise NeuronvizError("recipe='authors' explains a class's softmax probability: give a class index, not a callable")
+        raise NeuronvizError(
+            "recipe='authors' explains a class's softmax probability: give a class index, not a callable"
+        )
     if given_layers == (None, None):
         mask_layer = feature_layer  # the authors' code: one layer (pool5 on VGG) for both
     modules = resolve_layers(model, [mask_layer, feature_layer])
@@ -911,9 +940,8 @@ def _authors_recipe(model: nn.Module, x: torch.Tensor, target: object, targets: 
                 f"mask_layer {mask_layer!r} gives an output of shape {tuple(feats.shape)}; the mask needs a "
                 "spatial map (B, C, h, w): choose a convolutional layer"
             )
-        classes = [
-            resolve_target(t, "probability", predict=lambda i=i: clean[i : i + 1]).class_index
-            for i, t in enumerate(targets)
+        classes: list[int | None] = [
+            resolve_target(t, "probability", predict=_row_of(clean, i)).class_index for i, t in enumerate(targets)
         ]
         c_index = torch.tensor(classes, device=dev).unsqueeze(1)
         probability = torch.softmax(clean.double(), dim=1).gather(1, c_index)[:, 0]

@@ -20,7 +20,8 @@ Adam acts element by element, so a batch gives the masks of one call per image):
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import os
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ from torch import nn
 
 from ..core.capture import ActivationCapture
 from ..core.errors import NeuronvizError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["AUTHORS", "AUTHORS_BLUR_SIGMA_AT_224", "authors_mask", "authors_background", "run_authors_loop"]
 
@@ -65,7 +69,7 @@ def authors_mask(w: torch.Tensor, feats: torch.Tensor, size: tuple[int, int]) ->
     return (m - lo) / torch.where(hi == 0, torch.ones_like(hi), hi)
 
 
-def authors_background(photo: object, size: int = 224) -> torch.Tensor:
+def authors_background(photo: Image.Image | str | os.PathLike[str], size: int = 224) -> torch.Tensor:
     """The authors' background: the photo blurred at full size (PIL radius 11), then preprocessed.
 
     Parameters
@@ -173,12 +177,15 @@ def check_recipe(recipe: object) -> str:
 def recipe_defaults(recipe: str, stage1_steps: int | None, stage2_steps: int | None, gamma: float | None,
                     loss: str | None) -> tuple[int, int, float, str]:
     """Steps, stage-1 penalty weight and stage-1 loss left as None, filled in by the recipe."""
+    fill: tuple[int, int, float, str]
     if recipe == "authors":
-        fill: Sequence = (AUTHORS["stage1_steps"], AUTHORS["stage2_steps"], AUTHORS["gamma"], "relative")
+        fill = (int(AUTHORS["stage1_steps"]), int(AUTHORS["stage2_steps"]), float(AUTHORS["gamma"]), "relative")
     else:
         fill = (10, 70, 10.0, "paper")
-    given = (stage1_steps, stage2_steps, gamma, loss)
-    s1, s2, g, lo = (f if v is None else v for v, f in zip(given, fill))
+    s1 = fill[0] if stage1_steps is None else stage1_steps
+    s2 = fill[1] if stage2_steps is None else stage2_steps
+    g = fill[2] if gamma is None else gamma
+    lo = fill[3] if loss is None else loss
     if recipe == "authors" and lo != "relative":
         raise NeuronvizError("recipe='authors' uses the authors' relative stage-1 loss; leave loss=None")
     return s1, s2, g, lo

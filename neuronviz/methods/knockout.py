@@ -28,7 +28,7 @@ import contextlib
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.streams import is_batch_stream, iter_batches
 from ..core.targets import Target, TargetSpec, resolve_target
 from ..core.validation import check_batch, check_image, check_int, forward_checked, plain
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = ["knockout", "knockout_effect", "KnockoutEffect", "Knockout", "KnockoutSet", "HOW", "ON"]
 
@@ -336,7 +339,11 @@ def layer_means(
             for raw in iter_batches(images, batch_size, what="reference"):
                 batch = check_batch(raw, model, what="reference", min_n=0)
                 if batch.shape[0]:
-                    run_batched(batch.shape[0], batch_size, lambda r, b=batch: add(b[r.start : r.stop]))
+
+                    def add_rows(r: range, b: torch.Tensor = batch) -> None:
+                        add(b[r.start : r.stop])
+
+                    run_batched(batch.shape[0], batch_size, add_rows)
     if count[0] == 0:
         raise NeuronvizError("the reference set holds no image; pass images (or a loader) with at least one")
     return {name: (s / count[0]).float() for name, s in sums.items()}, count[1]
@@ -711,7 +718,7 @@ class KnockoutEffect:
             for n, s, k, e, r in zip(self.names, self.sets, self.knocked, self.effect, self.relative)
         ]
 
-    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+    def to_frame(self) -> "pandas.DataFrame":
         """:meth:`as_rows` as a pandas DataFrame.
 
         Returns
@@ -838,9 +845,11 @@ def run_sets(
                 values = evaluate_sets(model, masker, tgt, copies, masks, n_rows, size, progress)
                 original, values = values[0], values[1:]
             elif not stream:
+                assert isinstance(samples, torch.Tensor)  # check_batch made it one above
                 values = evaluate_sets(model, masker, tgt, samples.to(dev), masks, n_rows, size, progress)
                 original, values = values[0], values[1:]
             else:
+                assert samples is not None  # a stream of batches
                 parts = []
                 for raw in iter_batches(samples, size, what="samples"):
                     batch = check_batch(raw, model, what="samples", min_n=0)
@@ -941,6 +950,7 @@ def knockout_effect(
     """
     spec, names = _as_sets(model, sets)
     layers = list(dict.fromkeys(name for s in spec for name in s))
+    assert not isinstance(progress, bool)  # reports_progress made True/False a callback or None
     res = run_sets(model, x, layers, lambda shapes: stack_masks(spec, shapes), target=target, output=output, how=how,
                    reference=reference, on=on,
                    n_samples=n_samples, perturbation=perturbation, samples=samples, seed=seed,

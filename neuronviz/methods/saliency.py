@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import xml.etree.ElementTree as ET
-from typing import Sequence, Union
+from typing import Any, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -177,13 +177,13 @@ def pointing_hit(mask: MaskLike, boxes: Sequence[int] | Sequence[Sequence[int]],
         raise NeuronvizError(f"mask must be (H, W), got shape {arr.shape}")
     if not tolerance >= 0:
         raise NeuronvizError(f"tolerance must be >= 0, got {tolerance!r}")
-    boxes = list(boxes)
-    if not boxes:
+    box_list: list[Any] = list(boxes)
+    if not box_list:
         raise NeuronvizError("boxes is empty")
-    if not isinstance(boxes[0], (Sequence, np.ndarray, torch.Tensor)):
-        boxes = [boxes]  # a single box
-    y, x = np.unravel_index(int(np.argmax(arr)), arr.shape)
-    for i, box in enumerate(boxes):
+    if not isinstance(box_list[0], (Sequence, np.ndarray, torch.Tensor)):
+        box_list = [boxes]  # a single box
+    y, x = (int(v) for v in np.unravel_index(int(np.argmax(arr)), arr.shape))
+    for i, box in enumerate(box_list):
         x0, y0, x1, y1 = _check_box(box, f"boxes[{i}]")
         dx = max(x0 - x, 0, x - x1)
         dy = max(y0 - y, 0, y - y1)
@@ -213,8 +213,9 @@ def read_voc_boxes(path: str) -> list[tuple[str, Box]]:
         if bb is None:
             continue
         # the files count pixels from 1
-        coords = tuple(int(round(float(bb.findtext(k)))) - 1 for k in ("xmin", "ymin", "xmax", "ymax"))
-        out.append((obj.findtext("name", default="").strip(), coords))
+        # a missing coordinate is None, and float(None) raises TypeError
+        x0, y0, x1, y1 = (int(round(float(cast(str, bb.findtext(k))))) - 1 for k in ("xmin", "ymin", "xmax", "ymax"))
+        out.append((obj.findtext("name", default="").strip(), (x0, y0, x1, y1)))
     return out
 
 

@@ -33,6 +33,7 @@ class DigitsCNN(nn.Module):
         self.fc = nn.Linear(32 * 4 * 4, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits, shape (N, num_classes), for images (N, 1, 8, 8)."""
         x = self.relu2(self.conv2(self.relu1(self.conv1(x))))
         x = self.relu3(self.conv3(self.pool(x)))
         return self.fc(self.flatten(x))

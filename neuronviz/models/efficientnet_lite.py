@@ -133,6 +133,7 @@ class SamePadConv2d(nn.Conv2d):
         return total // 2, total - total // 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad ``x`` (N, C, H, W) as TensorFlow's ``"SAME"`` would, then convolve."""
         top, bottom = self.same_padding(x.shape[-2], self.kernel_size[0], self.stride[0], self.dilation[0])
         left, right = self.same_padding(x.shape[-1], self.kernel_size[1], self.stride[1], self.dilation[1])
         if top or bottom or left or right:
@@ -168,6 +169,7 @@ class ConvBN(nn.Module):
         self.bn = nn.BatchNorm2d(out_channels, eps=BN_EPS, momentum=BN_MOMENTUM)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The batch-normalised convolution of ``x`` (N, C, H, W)."""
         return self.bn(self.conv(x))
 
 
@@ -191,6 +193,7 @@ class ConvBNAct(ConvBN):
         self.act = nn.ReLU6(inplace=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The ReLU6 activation of the batch-normalised convolution of ``x`` (N, C, H, W)."""
         return self.act(self.bn(self.conv(x)))
 
 
@@ -235,6 +238,7 @@ class InvertedResidual(nn.Module):
         self.use_residual = stride == 1 and in_channels == out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Expand, depthwise-convolve and project ``x`` (N, C, H, W), adding ``x`` back where shapes allow."""
         out = x if self.expand is None else self.expand(x)
         out = self.project(self.depthwise(out))
         # Out of place: ``out`` is what the hook on ``project`` returned and must stay as seen.

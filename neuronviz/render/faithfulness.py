@@ -88,6 +88,7 @@ def render_faithfulness(
         shown = [c for c in curves.curves if c.group == group]
         for i, c in enumerate(shown):
             if c.is_random:
+                assert c.aucs is not None  # a random curve keeps its seeds' AUCs
                 lo, hi = c.band()
                 a_lo, a_hi = c.auc_band()
                 ax.fill_between(c.fraction, lo / scale, hi / scale, color=RANDOM_COLOUR, alpha=0.25, lw=0)

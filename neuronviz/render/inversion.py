@@ -77,7 +77,8 @@ def render_inversion(
     axes = np.atleast_2d(fig.subplots(rows, 3))
     for b in range(rows):
         img = images[b]
-        name = categories[result.target[b]] if categories is not None else class_label(result.target[b], 1000)
+        c = result.target[b]
+        name = categories[c] if categories is not None and c is not None else class_label(c, 1000)
         panels = [
             (None, f"{name}\np = {float(result.probability[b]):.2f}"),
             (stage1[b], "stage 1: all salient objects"),

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from ..methods.faithfulness import deletion_curve
+from ..methods.faithfulness import FaithfulnessCurves, deletion_curve
 from ..methods.knockout import knockout_effect
 from ..methods.resampling import NeuronScores
 from .panels.faithfulness import FaithfulnessPanel, KnockoutToggle
@@ -62,7 +62,7 @@ class KnockoutSection:
                                        "shown layers, k up to 32 (one batched pass per batch of sets)")
         self.button.on_click(lambda _b: self.draw_curves())
         self.status = W.HTML("")
-        self.curves = None
+        self.curves: FaithfulnessCurves | None = None
         self._threads: list[threading.Thread] = []
         self.widget = W.VBox([W.HBox([self.toggle.button, self.what]), self.toggle.text,
                               W.HBox([self.button, self.status]), self.panel.widget])
