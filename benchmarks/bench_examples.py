@@ -20,9 +20,9 @@ import sys
 import time
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 import neuronviz as nv
-from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 LAYERS = ["relu2", "relu3"]
 

@@ -31,7 +31,7 @@ from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.receptive_field import ReceptiveField, receptive_field
 from ..core.streams import count_hint, is_batch_stream
 from ..core.tables import rows_to_frame
-from ..core.validation import check_batch, check_int, check_number, forward_checked
+from ..core.validation import check_batch, check_int, check_number
 
 __all__ = ["TopExamples", "Example", "Crop", "Generality", "top_examples"]
 
@@ -442,9 +442,9 @@ class TopExamples:
         out = []
         for row, img, label, heat in zip(rows, pictures, labels, heats):
             box = self.box(layer, row) or (0, 0, int(img.shape[-2]), int(img.shape[-1]))
-            t, l, b, r = box
-            out.append(Crop(row.image, row.position, row.value, box, img[..., t:b, l:r].clone(),
-                            None if heat is None else heat[t:b, l:r].clone(), label))
+            top, left, bottom, right = box
+            out.append(Crop(row.image, row.position, row.value, box, img[..., top:bottom, left:right].clone(),
+                            None if heat is None else heat[top:bottom, left:right].clone(), label))
         return out
 
     def generality(self, layer: str, quantile: float | None = None) -> Generality:

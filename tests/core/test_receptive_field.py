@@ -18,8 +18,8 @@ def reference_box(specs, size, row, col):
         for k, s, q, d in reversed(specs):
             lo, hi = lo * s - q, hi * s - q + d * (k - 1)
         boxes.append((lo, hi))
-    (t, b), (l, r) = boxes
-    return max(0, t), max(0, l), min(size, b + 1), min(size, r + 1)
+    (top, bottom), (left, right) = boxes
+    return max(0, top), max(0, left), min(size, bottom + 1), min(size, right + 1)
 
 
 CHAINS = {

@@ -11,8 +11,8 @@ from torch import nn
 
 import neuronviz as nv
 from neuronviz.core.errors import NeuronvizError
-from neuronviz.render.examples import crop_picture
 from neuronviz.methods.examples import top_examples
+from neuronviz.render.examples import crop_picture
 
 N, SIDE = 60, 16
 CARRIERS = [3, 11, 17, 29, 41, 58]  # the images that carry the planted patch
@@ -61,9 +61,9 @@ def test_the_crop_contains_the_patch(planted):
     for layer in ("1", "3"):
         for crop in ex.crops(x, layer, 0, model=model):
             r, c = SPOTS[crop.image]
-            t, l, b, rr = crop.box
-            assert t <= r - 1 and b >= r + 2 and l <= c - 1 and rr >= c + 2, (layer, crop.box)
-            assert crop.pixels.shape[-2:] == (b - t, rr - l)
+            t, lft, b, rr = crop.box
+            assert t <= r - 1 and b >= r + 2 and lft <= c - 1 and rr >= c + 2, (layer, crop.box)
+            assert crop.pixels.shape[-2:] == (b - t, rr - lft)
             assert bool((crop.pixels >= 1.0).any())
             assert crop.heat is not None and crop.heat.shape == crop.pixels.shape[-2:]
     assert ex.receptive_fields["1"].method == "analytic"
