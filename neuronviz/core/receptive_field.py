@@ -46,7 +46,7 @@ _WINDOWED = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
 PROBE_IMAGES = 3
 
 
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+def _pair(v: int | str | Sequence[int]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
@@ -125,6 +125,7 @@ class ReceptiveField:
         if not (0 <= row < self.grid[0] and 0 <= col < self.grid[1]):
             raise NeuronvizError(f"position ({row}, {col}) is outside layer {self.layer!r}'s grid {self.grid}")
         if self.method == "analytic":
+            assert self.offset is not None and self.jump is not None and self.size is not None  # an analytic field
             top = self.offset[0] + row * self.jump[0]
             left = self.offset[1] + col * self.jump[1]
             box = (top, left, top + self.size[0], left + self.size[1])
@@ -164,7 +165,7 @@ def analytic_chain(model: nn.Module, layer: str, x: torch.Tensor) -> list[nn.Mod
     """
     leaves = {name: m for name, m in model.named_modules() if name and not list(m.children())}
     order: list[tuple[nn.Module, object, object]] = []
-    done = {"stop": False}
+    done: dict[str, object] = {"stop": False}
 
     def make(name: str):
         def hook(module: nn.Module, args: tuple, output: object) -> None:
@@ -212,7 +213,7 @@ def _analytic(chain: Sequence[nn.Module]) -> tuple[tuple[int, int], tuple[int, i
             offset[a] -= q[a] * jump[a]
             size[a] += d[a] * (k[a] - 1) * jump[a]
             jump[a] *= s[a]
-    return tuple(jump), tuple(offset), tuple(size)
+    return (jump[0], jump[1]), (offset[0], offset[1]), (size[0], size[1])
 
 
 def _gradient_boxes(model: nn.Module, layer: str, x: torch.Tensor, positions: Sequence[int],

@@ -7,7 +7,7 @@ memory held does not grow with the number of samples.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -39,7 +39,7 @@ class CoMoments:
     """
 
     def __init__(self, n_features: int, device: torch.device | str = "cpu") -> None:
-        f64 = dict(dtype=torch.float64, device=device)
+        f64: dict[str, Any] = dict(dtype=torch.float64, device=device)
         self.n = 0
         self.mean = torch.zeros(n_features, **f64)
         self.m2 = torch.zeros(n_features, **f64)
@@ -94,7 +94,9 @@ class CoMoments:
         if other.n == 0:
             return
         if self.n == 0:
-            self.__dict__.update({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in other.__dict__.items()})
+            self.__dict__.update(
+                {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in other.__dict__.items()}
+            )
             return
         na, nb = self.n, other.n
         n = na + nb
@@ -210,7 +212,7 @@ class WeightedCoMoments:
     """
 
     def __init__(self, replicates: int, n_features: int, device: torch.device | str = "cpu") -> None:
-        f64 = dict(dtype=torch.float64, device=device)
+        f64: dict[str, Any] = dict(dtype=torch.float64, device=device)
         self.weight = torch.zeros(replicates, **f64)
         self.shift = torch.zeros(n_features, **f64)
         self.out_shift = torch.zeros((), **f64)
@@ -359,7 +361,7 @@ class PositionCovariance:
     CHUNK_BYTES = 64 * 2**20
 
     def __init__(self, channels: int, positions: int, device: torch.device | str = "cpu") -> None:
-        f64 = dict(dtype=torch.float64, device=device)
+        f64: dict[str, Any] = dict(dtype=torch.float64, device=device)
         self.n = 0
         self.mean = torch.zeros(channels, positions, **f64)
         self.m2 = torch.zeros(channels, positions, positions, **f64)

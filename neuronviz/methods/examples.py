@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +32,9 @@ from ..core.receptive_field import ReceptiveField, receptive_field
 from ..core.streams import count_hint, is_batch_stream
 from ..core.tables import rows_to_frame
 from ..core.validation import check_batch, check_int, check_number
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = ["TopExamples", "Example", "Crop", "Generality", "top_examples"]
 
@@ -156,6 +159,7 @@ class _Hist:
         if labels is None:
             return
         self.labels_at_least(int(labels.max()) + 1 if labels.numel() else 0)
+        assert self.labelled is not None  # labels_at_least made it
         coarse = HIST_BINS // LABEL_GROUP
         cb = (mb - offs) // LABEL_GROUP + (offs // HIST_BINS) * coarse
         flat = (labels.unsqueeze(0) * (c * coarse) + cb).flatten()
@@ -199,9 +203,11 @@ class _Source:
         self.source, self.ranks, self.batch_size = source, ranks, batch_size
         self.given_labels = labels
         self.global_index = True  # False: indices are positions on this rank, offset at the merge
+        self.total: int | None
         if isinstance(source, torch.Tensor):
             self.kind, self.total = "tensor", int(source.shape[0])
-        elif isinstance(source, torch.utils.data.Dataset) and hasattr(source, "__len__") and hasattr(source, "__getitem__") \
+        elif isinstance(source, torch.utils.data.Dataset) and hasattr(source, "__len__") \
+                and hasattr(source, "__getitem__") \
                 and not isinstance(source, torch.utils.data.IterableDataset):
             self.kind, self.total = "dataset", len(source)
         elif is_batch_stream(source):
@@ -242,7 +248,8 @@ class _Source:
             images = item[0] if isinstance(item, (tuple, list)) and item else item
             if not isinstance(images, torch.Tensor):
                 raise NeuronvizError(
-                    f"source must yield image tensors (B, C, H, W) or (images, labels) pairs, got {type(images).__name__}"
+                    "source must yield image tensors (B, C, H, W) or (images, labels) pairs, "
+                    f"got {type(images).__name__}"
                 )
             labels = item[1] if isinstance(item, (tuple, list)) and len(item) > 1 else None
             labels = _as_labels(labels, images.shape[0])
@@ -293,7 +300,8 @@ def dataset_item(dataset: Any, i: int) -> tuple[torch.Tensor, int | None]:
     item = dataset[i]
     if isinstance(item, (tuple, list)):
         label = item[1] if len(item) > 1 else None
-        label = int(label) if isinstance(label, int) or (isinstance(label, torch.Tensor) and label.numel() == 1) else None
+        label = (int(label) if isinstance(label, int) or (isinstance(label, torch.Tensor) and label.numel() == 1)
+                 else None)
         return torch.as_tensor(item[0]), label
     return torch.as_tensor(item), None
 
@@ -387,7 +395,8 @@ class TopExamples:
         self._check_layer(layer)
         c = check_int(channel, "channel", 0, self.values[layer].shape[1] - 1)
         v, i, p = self.values[layer][:, c], self.images[layer][:, c], self.positions[layer][:, c]
-        return [Example(int(i[j]), self._position(layer, int(p[j])), float(v[j])) for j in range(v.shape[0]) if i[j] >= 0]
+        return [Example(int(i[j]), self._position(layer, int(p[j])), float(v[j]))
+                for j in range(v.shape[0]) if i[j] >= 0]
 
     def box(self, layer: str, example: Example) -> tuple[int, int, int, int] | None:
         """The input box of an example (None: the whole image)."""
@@ -476,7 +485,9 @@ class TopExamples:
             raise NeuronvizError(f"quantile must be in (0, 1), got {q}")
         h = self._hists.get(layer)
         if h is None or int(h.maxima.sum()) == 0:
-            raise NeuronvizError("these examples were found with generality=False; run top_examples(..., generality=True)")
+            raise NeuronvizError(
+                "these examples were found with generality=False; run top_examples(..., generality=True)"
+            )
         cum = h.values.double().cumsum(1)
         total = cum[:, -1:].clamp_min(1)
         b = (cum < q * total).sum(1).clamp_max(HIST_BINS - 1)  # the bin holding the quantile
@@ -515,7 +526,7 @@ class TopExamples:
                                  "row": row, "col": col, "value": e.value})
         return rows
 
-    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+    def to_frame(self) -> "pandas.DataFrame":
         """:meth:`as_rows` as a pandas DataFrame.
 
         Returns
@@ -652,10 +663,11 @@ def top_examples(
     ranks = Ranks(dev, active)
     src = _Source(source, labels, batch_size or default_batch_size(dev), ranks)
 
-    kept: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    kept: dict[str, tuple[torch.Tensor, ...]] = {}
     hists: dict[str, _Hist] = {}
     grids: dict[str, tuple[int, int] | None] = {}
     probe: dict[str, torch.Tensor] = {}
+    assert not isinstance(progress, bool)  # reports_progress made True/False a callback or None
     seen, any_labels, last = 0, src.given_labels is not None, -1
     with preserved_state(model), on_device(model, dev), torch.no_grad():
         model.eval()
@@ -753,6 +765,7 @@ def _merge_ranks(
         empty = torch.empty((c, 0), device=dev)
         mine = (empty, empty.long(), empty.long())
         h = _Hist(c, dev)
+    assert h is not None  # a rank with images has its histograms
     v, i, p = mine
     i = torch.where(i >= 0, i + offset, i)
     # gather_rows concatenates along the first dimension: send (n, C), merge (C, n)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -35,9 +35,12 @@ from ..core.model_state import model_device, on_device, preserved_state, resolve
 from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.stats import PositionCovariance
 from ..core.streams import RowBuffer, check_reiterable, count_hint, is_batch_stream, iter_batches
-from ..core.targets import TargetSpec, resolve_target
+from ..core.targets import Target, TargetSpec, resolve_target
 from ..core.validation import check_batch, check_images_source, check_int, forward_checked
 from .ace import ace_batch
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = [
     "PCACEScores", "LayerRanking", "pcace", "rank_layers", "channel_components", "project", "MIN_IMAGES",
@@ -115,7 +118,7 @@ class PCACEScores:
         return [{"layer": self.layer, "channel": c, "pcace": float(s), "rank": int(r), "explained_variance": float(e)}
                 for c, (s, r, e) in enumerate(zip(self.scores.tolist(), rank.tolist(), explained.tolist()))]
 
-    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+    def to_frame(self) -> "pandas.DataFrame":
         """:meth:`as_rows` as a pandas DataFrame.
 
         Returns
@@ -203,7 +206,7 @@ class LayerRanking:
             return [row for s in self.layers.values() for row in s.as_rows()]
         raise NeuronvizError(f"per must be 'layer' or 'channel', got {per!r}")
 
-    def to_frame(self, per: str = "layer") -> "pandas.DataFrame":  # noqa: F821  (imported only when called)
+    def to_frame(self, per: str = "layer") -> "pandas.DataFrame":
         """:meth:`as_rows` as a pandas DataFrame.
 
         Parameters
@@ -231,7 +234,9 @@ class LayerRanking:
 
     def __repr__(self) -> str:
         lines = [f"{'layer':<24} {'channels':>8} {f'mean top-{self.k}':>12} {'max':>6}"]
-        lines += [f"{r['layer']:<24} {r['channels']:>8} {r['mean_top_k']:>12.3f} {r['max']:>6.3f}" for r in self.summary]
+        lines += [
+            f"{r['layer']:<24} {r['channels']:>8} {r['mean_top_k']:>12.3f} {r['max']:>6.3f}" for r in self.summary
+        ]
         return "\n".join(lines)
 
 
@@ -374,7 +379,8 @@ def _check_request(
     if store_bytes is not None:
         need += float(n) * sum(a.shape[1] * a.shape[2] for a in maps.values()) * store_bytes
     check_fits(need, where, f"PCACE's activations and projections of {n:,} images at {list(maps)}",
-               "pass fewer images or fewer layers" + (", store_dtype=torch.float16 or offload='cpu'" if store_bytes else ""))
+               "pass fewer images or fewer layers"
+               + (", store_dtype=torch.float16 or offload='cpu'" if store_bytes else ""))
 
 
 def _maps(a: torch.Tensor, name: str) -> torch.Tensor:
@@ -385,6 +391,11 @@ def _maps(a: torch.Tensor, name: str) -> torch.Tensor:
     if not torch.isfinite(a).all():
         raise NeuronvizError(f"layer {name!r} produced NaN or infinite activations")
     return a
+
+
+def _given(out: object) -> Callable[[], object]:
+    """The prediction of the batch just run, for :func:`resolve_target` to check the target on."""
+    return lambda: out
 
 
 def _gather(
@@ -415,7 +426,7 @@ def _gather(
             out = forward_checked(model, batch)
             acts = rec.outputs()
             if tgt is None:
-                tgt = resolve_target(target, "logit", predict=lambda: out)
+                tgt = resolve_target(target, "logit", predict=_given(out))
                 _check_request({n: _maps(acts[n], n) for n in layers}, images, n_components,
                                store_device or dev, torch.finfo(store_dtype).bits // 8)
             values.append(tgt(out).double().cpu())
@@ -453,7 +464,9 @@ def _ace_scores(proj: torch.Tensor, y: torch.Tensor, n_components: int, variant:
         return proj.new_zeros(0)
     y = y.to(device=proj.device, dtype=torch.float64)
     if variant == "principled" or n_components == 1:
-        return ace_batch(proj if n_components > 1 else proj[:, :, 0], y).rho.clamp(0, 1)
+        rho = ace_batch(proj if n_components > 1 else proj[:, :, 0], y).rho
+        assert isinstance(rho, torch.Tensor)  # batched: one value per channel
+        return rho.clamp(0, 1)
     # the authors' code correlates only the first component's transform with theta
     res = ace_batch(proj, y)
     phi = res.x_transforms[:, :, 0]
@@ -601,7 +614,7 @@ def _stream_scores(
                     out = rec.forward(batch.to(dev))
                     acts = rec.outputs()
                     if tgt is None:
-                        tgt = resolve_target(target, "logit", predict=lambda: out)
+                        tgt = resolve_target(target, "logit", predict=_given(out))
                     maps = {name: _maps(acts[name], name) for name in names}
                     if not covs:
                         _check_request(maps, images, n_components, dev, None)
@@ -613,7 +626,8 @@ def _stream_scores(
                         covs[name].update(a)
                     n_first += batch.shape[0]
                     report(batch.shape[0])
-            cls, shapes = _agree(ranks, names, n_first, tgt, {n: tuple(c.mean.shape) for n, c in covs.items()})
+            found_shapes = {n: (c.mean.shape[0], c.mean.shape[1]) for n, c in covs.items()}
+            cls, shapes = _agree(ranks, names, n_first, tgt, found_shapes)
             components = {}
             for name in names:
                 cov = covs.pop(name, None) or PositionCovariance(*shapes[name], dev)
@@ -629,7 +643,7 @@ def _stream_scores(
                 del cov  # the C x P x P matrices are not needed any more
 
             rec.stop_after_last = False
-            f64 = dict(dtype=torch.float64, device=dev)
+            f64: dict[str, Any] = dict(dtype=torch.float64, device=dev)
             projections = {name: RowBuffer((shapes[name][0], n_components), **f64) for name in names}
             values = RowBuffer((), **f64)
             with ranks.together("PCACE's second pass over the images (projections)"):
@@ -640,7 +654,7 @@ def _stream_scores(
                     out = rec.forward(batch.to(dev))
                     acts = rec.outputs()
                     if tgt is None:  # a loader that was empty on the first pass
-                        tgt = resolve_target(target, "logit", predict=lambda: out)
+                        tgt = resolve_target(target, "logit", predict=_given(out))
                     values.append(tgt(out).double())
                     for name in names:
                         mean, directions, _ = components[name]
@@ -689,7 +703,7 @@ def _check_fits(maps: dict[str, torch.Tensor], dev: torch.device, may_fall_back:
 
 
 def _agree(
-    ranks: Ranks, names: list[str], n_local: int, tgt: object, shapes: dict[str, tuple[int, int]]
+    ranks: Ranks, names: list[str], n_local: int, tgt: Target | None, shapes: dict[str, tuple[int, int]]
 ) -> tuple[int | None, dict[str, tuple[int, int]]]:
     """The target class and every layer's (C, P), checked to be the same on every rank that saw images."""
     header = [n_local, -2 if tgt is None else (-1 if tgt.class_index is None else tgt.class_index)]
@@ -703,14 +717,15 @@ def _agree(
         raise NeuronvizError(
             f"the ranks scored different targets ({sorted(classes)}); pass the same target on every rank"
         )
-    agreed = {}
+    agreed: dict[str, tuple[int, int]] = {}
     for i, name in enumerate(names):
         found = {tuple(r[2 + 2 * i : 4 + 2 * i]) for r in rows}
         if len(found) > 1:
             raise NeuronvizError(
                 f"layer {name!r} has different (channels, positions) on different ranks: {sorted(found)}"
             )
-        agreed[name] = found.pop()
+        channels, positions = found.pop()
+        agreed[name] = (channels, positions)
     cls = rows[0][1]
     return (None if cls < 0 else cls), agreed
 
@@ -879,12 +894,15 @@ def rank_layers(
     if batch_size is not None:
         check_int(batch_size, "batch_size (or None: automatic)", 1)
     if store_dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise NeuronvizError(f"store_dtype must be a float dtype such as torch.float32 or torch.float16, got {store_dtype!r}")
+        raise NeuronvizError(
+            f"store_dtype must be a float dtype such as torch.float32 or torch.float16, got {store_dtype!r}"
+        )
     if target is None:
         raise NeuronvizError("PCACE needs a target: a class index or a callable of the model output")
     names = list(resolve_layers(model, layers))
     dev = resolve_device(model, device)
     active = use_distributed(distributed)
+    assert not isinstance(progress, bool)  # reports_progress made True/False a callback or None
     if _use_streaming(streaming, images, active):
         ranks = Ranks(dev, active)
         try:

@@ -10,25 +10,29 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..core.batching import check_batch_request, default_batch_size, run_batched
 from ..core.capture import ActivationCapture, resolve_layers
-from ..core.layouts import LayoutSpec
 from ..core.distributed import Ranks, all_reduce_comoments, all_reduce_weighted, shard, use_distributed
 from ..core.errors import NeuronvizError, NeuronvizTypeError, NeuronvizWarning
+from ..core.layouts import LayoutSpec
 from ..core.locks import runs_model
 from ..core.model_state import on_device, preserved_state, resolve_device
-from ..core.perturb import Perturbation, make as make_perturbation
+from ..core.perturb import Perturbation
+from ..core.perturb import make as make_perturbation
 from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.stats import CoMoments, WeightedCoMoments, poisson_weights
-from ..core.tables import Row, rows_to_frame
 from ..core.streams import RowBuffer, count_hint, is_batch_stream, iter_batches
+from ..core.tables import Row, rows_to_frame
 from ..core.targets import Target, TargetSpec, resolve_target
 from ..core.validation import check_batch, check_image, check_images_source, forward_checked
+
+if TYPE_CHECKING:
+    import pandas
 
 __all__ = ["NeuronScores", "score_neurons", "overlap", "METRICS"]
 
@@ -188,7 +192,10 @@ class NeuronScores:
         """
         if stable:
             ties = self.tied(metric, k, level)
-            return {layer: [n for n, t in zip(chosen, ties[layer]) if not t] for layer, chosen in self.top(metric, k).items()}
+            return {
+                layer: [n for n, t in zip(chosen, ties[layer]) if not t]
+                for layer, chosen in self.top(metric, k).items()
+            }
         if k < 0:
             raise NeuronvizError(f"k must be >= 0, got {k}")
         out: dict[str, list] = {}
@@ -288,7 +295,9 @@ class NeuronScores:
 
         reps = self._replicates(metric)
         chosen = self.top(metric, k + 1)
-        return {layer: replicate_ties(reps[layer], metric, chosen[layer], k, level, self.per_unit) for layer in self.layers}
+        return {
+            layer: replicate_ties(reps[layer], metric, chosen[layer], k, level, self.per_unit) for layer in self.layers
+        }
 
     def _replicates(self, metric: str) -> dict[str, torch.Tensor]:
         self.metric(metric)  # checks the name
@@ -327,7 +336,7 @@ class NeuronScores:
                                 neuron=i))
         return rows
 
-    def to_frame(self) -> "pandas.DataFrame":  # noqa: F821  (pandas is imported only when called)
+    def to_frame(self) -> "pandas.DataFrame":
         """:meth:`as_rows` as a pandas DataFrame, one row per neuron.
 
         Returns
@@ -343,7 +352,7 @@ class NeuronScores:
         return rows_to_frame(self.as_rows(), where + ["correlation", "precision", "mean_activation", "excluded"])
 
     def __repr__(self) -> str:
-        layers = ", ".join(f"{l}: {self.shapes[l]}" for l in self.layers)
+        layers = ", ".join(f"{name}: {self.shapes[name]}" for name in self.layers)
         what = f"class {self.target}" if self.target is not None else "callable target"
         return f"NeuronScores({self.n_samples} samples, {what} ({self.output}), layers {{{layers}}})"
 
@@ -374,7 +383,8 @@ def overlap(a: Selection, b: Selection, kind: str = "paper") -> float:
     for name, sel in (("a", a), ("b", b)):
         if not isinstance(sel, Mapping):
             raise NeuronvizTypeError(
-                f"{name} must be a selection {{layer: [channels]}} as NeuronScores.top() returns, got {type(sel).__name__}"
+                f"{name} must be a selection {{layer: [channels]}} as NeuronScores.top() returns, "
+                f"got {type(sel).__name__}"
             )
     if set(a) != set(b):
         raise NeuronvizError(f"the selections cover different layers: {sorted(a)} vs {sorted(b)}")
@@ -399,7 +409,8 @@ def _finalise(
     moments: CoMoments, shape: tuple[int, ...], per_unit: bool, dead_threshold: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, str]:
     """The spec's formulas from the accumulated moments: correlation, precision, mean activation,
-    the excluded neurons and the rule that excluded them (see :class:`NeuronScores`)."""
+    the excluded neurons and the rule that excluded them (see :class:`NeuronScores`).
+    """
     c = shape[0]
     corr_unit = moments.correlation().abs().view(c, -1)
     var_unit = moments.variance().view(c, -1)
@@ -587,14 +598,18 @@ def score_neurons(
     active = use_distributed(distributed)
     if samples is not None:
         check_images_source(samples, "samples")
+    assert not isinstance(progress, bool)  # reports_progress made True/False a callback or None
     stream = samples is not None and is_batch_stream(samples)
+    fixed: torch.Tensor | None = None  # the samples as one checked tensor
     if samples is not None and not stream:
         # a rank's shard may be small; the total is checked once the ranks have reported
-        samples = check_batch(samples, model, what="samples", min_n=1 if active else 3)
+        samples = fixed = check_batch(samples, model, what="samples", min_n=1 if active else 3)
         pert = None
     elif samples is None:
         if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 3:
-            raise NeuronvizError(f"n_samples must be an integer >= 3 (a variance needs several copies), got {n_samples!r}")
+            raise NeuronvizError(
+                f"n_samples must be an integer >= 3 (a variance needs several copies), got {n_samples!r}"
+            )
         pert = make_perturbation(perturbation)
     else:
         pert = None
@@ -606,7 +621,7 @@ def score_neurons(
             raise NeuronvizTypeError(f"{flag} must be True or False, got {value!r}")
     if not isinstance(dead_threshold, (int, float)) or math.isnan(dead_threshold):
         raise NeuronvizError(f"dead_threshold must be a number, got {dead_threshold!r}")
-    keep = _check_keep_maps(keep_maps, None if stream or active else (n_samples if samples is None else len(samples)))
+    keep = _check_keep_maps(keep_maps, None if stream or active else (n_samples if fixed is None else len(fixed)))
     if isinstance(bootstrap, bool) or not isinstance(bootstrap, int) or bootstrap < 0 or bootstrap == 1:
         raise NeuronvizError(f"bootstrap must be 0 (none) or a number of replicates >= 2, got {bootstrap!r}")
     if bootstrap_seed is not None and (isinstance(bootstrap_seed, bool) or not isinstance(bootstrap_seed, int)):
@@ -625,7 +640,7 @@ def score_neurons(
         outputs = RowBuffer((), torch.float64)
         channel_means: dict[str, RowBuffer] = {}
         kept_maps: dict[str, dict[int, torch.Tensor]] = {}
-        state: dict[str, Target] = {}
+        state: dict[str, Any] = {}  # "t": the Target, once resolved; "seen": the samples scored so far
         size = batch_size or default_batch_size(dev)
 
         def get_target(first_out: object, is_first_copy: bool) -> Target:
@@ -689,14 +704,16 @@ def score_neurons(
 
             with ranks.together("score_neurons' pass over the samples"):
                 if stream:
+                    assert samples is not None  # a stream of batches
                     _score_stream(samples, model, dev, batch_size, score, progress)
-                elif samples is not None:
-                    run_batched(samples.shape[0], size, lambda r: score(samples[r.start : r.stop].to(dev), False, r),
+                elif fixed is not None:
+                    run_batched(fixed.shape[0], size, lambda r: score(fixed[r.start : r.stop].to(dev), False, r),
                                 on_progress=progress)
                 else:
                     block = shard(n_samples, ranks.rank, ranks.size)
 
                     def step(r: range) -> None:
+                        assert pert is not None  # made above when no samples are given
                         copies = range(block.start + r.start, block.start + r.stop)
                         score(pert.sample(x, copies, seed=seed), copies.start == 0, copies)
 

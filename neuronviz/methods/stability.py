@@ -176,6 +176,7 @@ def replicate_ties(replicates: torch.Tensor, metric: str, chosen: Sequence[Any],
 
 def _replicate_tops(scores: NeuronScores, metric: str, layer: str, k: int) -> torch.Tensor:
     """(B, n) bool: each replicate's top ``k`` of ``layer`` by ``metric``."""
+    assert scores.replicates is not None  # the callers check that the scores hold replicates
     reps = scores.replicates[metric][layer]
     b = reps.shape[0]
     key = _key(reps, metric).reshape(b, -1)

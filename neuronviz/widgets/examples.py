@@ -147,6 +147,7 @@ class ExamplesSection:
             self.panel.message(f"<span style='color:#b00'>data-set examples failed: {html.escape(str(err))}</span>")
 
     def _fill(self) -> None:
+        assert self.neuron is not None  # filled only once a neuron is shown
         layer, channel = self.neuron
         ex = self.cache[layer]
         if channel >= ex.values[layer].shape[1]:
