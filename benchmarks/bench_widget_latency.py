@@ -12,7 +12,7 @@ Times are taken in the page (``performance.now()`` of the mouse press and of the
 seen by a MutationObserver), so they include the round trip to the kernel and the drawing.
 Usage:
 
-    python benchmarks/bench_widget_latency.py [--clicks 10] [--runs 3]
+    python benchmarks/bench_widget_latency.py [--clicks 10] [--runs 3] [--demo-args "n_samples=48"]
 
 Needs Chromium and the test extra (playwright, JupyterLab); uses the helpers of
 tests/browser (servers.py, pages.py, explorer_page.py).
@@ -113,6 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--demo-args", default="", help="arguments of nv.demo(...) in the notebook, e.g. \"n_samples=48\"")
     args = ap.parse_args()
     missing = servers.missing_requirements()
     if missing:
@@ -124,7 +125,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp) / "notebooks"
         root.mkdir()
-        servers.write_notebook(root / "latency.ipynb", ex.explorer_cells(None))
+        cells = ex.explorer_cells(None)
+        cells[0] = cells[0].replace("nv.demo()", f"nv.demo({args.demo_args})")
+        servers.write_notebook(root / "latency.ipynb", cells)
         server = servers.start_server("lab", root, pathlib.Path(tmp) / "home")
         try:
             with sync_playwright() as pw:
