@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench docs venv clean
+.PHONY: demo test lint bench docs venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,13 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 demo: $(STAMP)
 	$(BIN)/jupyter lab $(ALLOW_ROOT) notebooks/quickstart.ipynb
 
-test: $(STAMP)
+# lint first: ruff (pyflakes, pycodestyle, imports, bugbear, numpydoc) and mypy on the package
+test: $(STAMP) lint
 	$(BIN)/python -m pytest -ra
+
+lint: $(STAMP)
+	$(BIN)/ruff check neuronviz
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

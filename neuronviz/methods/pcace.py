@@ -30,7 +30,7 @@ from ..core.batching import available_bytes, check_fits, default_batch_size
 from ..core.capture import ActivationCapture, resolve_layers
 from ..core.distributed import Ranks, all_reduce_covariance, shard, use_distributed
 from ..core.errors import NeuronvizError, NeuronvizTypeError, NeuronvizWarning
-from ..core.locks import hold_model, runs_model
+from ..core.locks import runs_model
 from ..core.model_state import model_device, on_device, preserved_state, resolve_device
 from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.stats import PositionCovariance
@@ -924,6 +924,7 @@ def rank_layers(
 # -- what the PCACE figures and view draw: the maps of a few images, the classes over the set ----
 
 
+@runs_model
 def shown_maps(
     model: nn.Module, images: torch.Tensor, layers: Sequence[str]
 ) -> tuple[dict[str, torch.Tensor], object]:
@@ -953,9 +954,7 @@ def shown_maps(
     """
     names = list(resolve_layers(model, layers))
     x = check_batch(images, model, what="images")
-    with hold_model(model), preserved_state(model), torch.no_grad(), ActivationCapture(
-        model, names, layout="auto"
-    ) as rec:
+    with preserved_state(model), torch.no_grad(), ActivationCapture(model, names, layout="auto") as rec:
         model.eval()
         out = forward_checked(model, x.to(model_device(model)))
         acts = rec.outputs()
@@ -971,6 +970,7 @@ def _drawable(a: torch.Tensor) -> torch.Tensor:
     return a.reshape(a.shape[0], a.shape[1], -1, a.shape[-1])
 
 
+@runs_model
 def mean_probabilities(model: nn.Module, images: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
     """The softmax class probabilities of a classifier averaged over ``images`` (PCACE's default target).
 
@@ -997,7 +997,7 @@ def mean_probabilities(model: nn.Module, images: torch.Tensor, *, batch_size: in
 
     images = check_batch(images, model, what="images")
     dev, sums = model_device(model), []
-    with hold_model(model), preserved_state(model), torch.no_grad():
+    with preserved_state(model), torch.no_grad():
         model.eval()
         for lo in range(0, images.shape[0], batch_size):
             out = check_class_output(forward_checked(model, images[lo : lo + batch_size].to(dev)))

@@ -149,7 +149,6 @@ class NeuronScores:
         """
         return {layer: int(self.excluded[layer].sum()) for layer in self.layers}
 
-
     def metric(self, name: str) -> dict[str, torch.Tensor]:
         """The scores of one metric, ``"correlation"`` or ``"precision"``.
 
@@ -769,9 +768,9 @@ def score_neurons(
         channel_means=kept if keep_channel_means else None,
         maps={name: torch.stack([kept_maps[name][i] for i in keep_maps]) for name in names} if keep else None,
         map_indices=[int(i) for i in keep_maps],
+        layouts={name: str(rec.layouts.get(name, "channels_first")) for name in names},
         excluded=excluded,
         exclusion_rule=rules,
-        layouts={name: str(rec.layouts.get(name, "channels_first")) for name in names},
         replicates=replicates if bootstrap else None,
         bootstrap_seed=boot_seed if bootstrap else None,
     )

@@ -212,15 +212,6 @@ class NeuronExplorer(View):
             return STRENGTHS[self.perturbation].default
         return super().default_for(name)
 
-    @property
-    def layers(self) -> list[str]:
-        """The layers the next run scores; settable (validated)."""
-        return list(self._values["layers"])
-
-    @layers.setter
-    def layers(self, value: Sequence[str] | str) -> None:
-        self._set("layers", value)
-
     def setting_changed(self, name: str, value: Any) -> None:
         """A new perturbation resets the strength to its default and range; top-k applies at once."""
         if name == "perturbation":

@@ -80,6 +80,8 @@ class Job:
         self.traceback: str | None = None
         self.callback_error: BaseException | None = None
         self._fn: Callable[[Job], Any] | None = fn
+        #: ``publish(partial)``: show a partial result while the work goes on (set by the view that runs it)
+        self.publish: Callable[[Any], None] = lambda partial: None
         self._worker = worker
         self._on_progress = on_progress
         self._on_finish = on_finish

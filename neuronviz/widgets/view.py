@@ -121,6 +121,8 @@ class View(W.VBox):
     #: Whether live mode turns itself on while runs are fast (see :attr:`live`); a view that
     #: publishes partial results sets it.
     live_auto: ClassVar[bool] = False
+    live_toggle: W.Checkbox
+    _live_auto: bool
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
