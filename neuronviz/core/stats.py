@@ -7,6 +7,7 @@ memory held does not grow with the number of samples.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -316,6 +317,43 @@ class WeightedCoMoments:
     def out_m2(self) -> torch.Tensor:
         """(B,) weighted sum of squared deviations of the output."""
         return (self.so2 - self.so1 * self.so1 / self._safe()[:, 0]).clamp_min(0)
+
+    def columns(self, features: slice) -> "WeightedCoMoments":
+        """The moments of a contiguous range of the features: views, no copy (they share the sums).
+
+        Parameters
+        ----------
+        features : slice
+            Which features, e.g. ``slice(lo, hi)``.
+
+        Returns
+        -------
+        WeightedCoMoments
+            B x (hi - lo) moments whose sums are views of these.
+        """
+        new = WeightedCoMoments.__new__(WeightedCoMoments)
+        new.__dict__.update(self.__dict__)
+        new.shift = self.shift[..., features]  # (F,), or (B, F) from from_centred
+        new.s1, new.s2, new.sc = self.s1[:, features], self.s2[:, features], self.sc[:, features]
+        return new
+
+    def variance_and_correlation(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`variance` and :meth:`correlation` together, the shared terms computed once.
+
+        Returns
+        -------
+        (torch.Tensor, torch.Tensor)
+            (B, F) each, as the two methods return them.
+        """
+        safe = self._safe()
+        dev = self.s1 / safe  # the mean's offset from the shift
+        m2 = torch.addcmul(self.s2, self.s1, dev, value=-1).clamp_min_(0)
+        comoment = torch.addcmul(self.sc, dev, self.so1[:, None], value=-1)
+        var = m2 / self.weight[:, None]
+        denom = m2.mul_(self.out_m2[:, None]).sqrt_()  # m2 is not needed any more
+        positive = denom > 0
+        r = comoment.div_(denom.masked_fill_(~positive, 1.0)).clamp_(-1.0, 1.0)
+        return var, r.masked_fill_(~positive, math.nan)
 
     def variance(self) -> torch.Tensor:
         """(B, F) weighted population variance of each replicate (NaN for a replicate of zero weight)."""

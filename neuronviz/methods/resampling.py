@@ -689,8 +689,9 @@ def score_neurons(
                 for name, m in updates.items():  # commit only once the whole batch succeeded
                     moments.setdefault(name, CoMoments(m.mean.numel(), m.mean.device)).merge(m)
                 for name, feats in w_upd.items():
-                    weighted.setdefault(name, WeightedCoMoments(bootstrap, feats.shape[1], feats.device)).update(
-                        feats, o, weights)
+                    if name not in weighted:  # not setdefault: it would allocate B x F sums every batch
+                        weighted[name] = WeightedCoMoments(bootstrap, feats.shape[1], feats.device)
+                    weighted[name].update(feats, o, weights)
                 state["seen"] = state.get("seen", 0) + len(o)
                 for name, mu in means_upd.items():
                     channel_means.setdefault(name, RowBuffer(mu.shape[1:], torch.float32)).append(mu)
@@ -776,6 +777,10 @@ def score_neurons(
     )
 
 
+#: Elements (replicates x features) of the sums finalised at once by :func:`_finalise_replicates`.
+_REPLICATE_CHUNK = 2**16
+
+
 def _finalise_replicates(
     wm: WeightedCoMoments, m: CoMoments, shape: tuple[int, ...], per_unit: bool, excluded: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -786,18 +791,28 @@ def _finalise_replicates(
     as constant in that replicate.
     """
     b, c = wm.weight.numel(), shape[0]
-    var_all = m.variance().view(1, c, -1)
-    var = wm.variance().view(b, c, -1)
-    flat = (m.constant.view(1, c, -1) | (var <= wm.tolerance * var_all)) & torch.isfinite(var)
-    corr = wm.correlation().abs().view(b, c, -1).masked_fill(flat, math.nan)
-    var = var.masked_fill(flat, 0.0)
+    p = math.prod(shape[1:])
+    var_all, constant = m.variance().view(c, p), m.constant.view(c, p)
+    out = excluded.to(var_all.device).reshape(c, -1)
+    # a few channels at a time: the (B, channels, P) temporaries stay in the cache, where the
+    # dozen elementwise steps cost little next to reading the sums once from memory
+    step = max(1, _REPLICATE_CHUNK // max(1, b * p))
+    corrs, precs = [], []
+    for lo in range(0, c, step):
+        hi = min(c, lo + step)
+        var, corr = wm.columns(slice(lo * p, hi * p)).variance_and_correlation()
+        var, corr = var.view(b, hi - lo, p), corr.abs_().view(b, hi - lo, p)
+        flat = (constant[lo:hi] | (var <= wm.tolerance * var_all[lo:hi])) & torch.isfinite(var)
+        corr.masked_fill_(flat, math.nan)
+        var.masked_fill_(flat, 0.0)
+        if not per_unit:
+            corr, var, flat = torch.nanmean(corr, dim=2), var.mean(2), flat.all(2)
+        precision = torch.where(var > 0, 1.0 / var, torch.full_like(var, math.inf))
+        precision.masked_fill_((out[lo:hi].reshape(var.shape[1:]) & flat) | torch.isnan(var), math.nan)
+        corrs.append(corr)
+        precs.append(precision)
     view = (b, *shape) if per_unit and len(shape) > 1 else (b, c)
-    if not per_unit:
-        corr, var, flat = torch.nanmean(corr, dim=2), var.mean(2), flat.all(2)
-    precision = torch.where(var > 0, 1.0 / var, torch.full_like(var, math.inf))
-    precision = torch.where(excluded.to(var.device).reshape(1, *var.shape[1:]) & flat,
-                            torch.full_like(precision, math.nan), precision)
-    precision = torch.where(torch.isnan(var), torch.full_like(precision, math.nan), precision)
+    corr, precision = torch.cat(corrs, 1), torch.cat(precs, 1)
     return corr.reshape(view).cpu(), precision.reshape(view).cpu()
 
 
