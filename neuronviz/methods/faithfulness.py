@@ -44,6 +44,7 @@ from torch import nn
 
 from ..core.batching import run_batched
 from ..core.errors import NeuronvizError, NeuronvizTypeError, NeuronvizWarning
+from ..core.layouts import LayoutSpec, check_layout_spec
 from ..core.locks import runs_model
 from ..core.model_state import on_device, preserved_state, resolve_device
 from ..core.perturb import Perturbation
@@ -661,6 +662,17 @@ def _check_mode(mode: object) -> str:
     return str(mode)
 
 
+def _layouts(rankings_source: object, layers: Sequence[str]) -> dict[str, str]:
+    """The layouts the scores among the sources were computed with, "auto" for the other layers."""
+    items = rankings_source if isinstance(rankings_source, (list, tuple)) else [rankings_source]
+    found: dict[str, str] = {}
+    for item in items:
+        if isinstance(item, NeuronScores):
+            for layer, kind in (item.layouts or {}).items():
+                found.setdefault(str(layer), str(kind))
+    return {layer: found.get(layer, "auto") for layer in layers}
+
+
 def _default_target(rankings_source: object, target: TargetSpec, output: str | None) -> tuple[TargetSpec, str]:
     """The scores' own class and output when none is given (the same target rule as the scores)."""
     items = rankings_source if isinstance(rankings_source, (list, tuple)) else [rankings_source]
@@ -703,6 +715,7 @@ def deletion_curve(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     progress: ProgressArg = None,
+    layout: LayoutSpec | None = None,
 ) -> FaithfulnessCurves:
     """Deletion (or insertion) curves of neuron rankings, against random rankings, in batched passes.
 
@@ -763,6 +776,11 @@ def deletion_curve(
         default): a bar when the images times about 16 points of ``random + 2`` rankings reach
         200 rows, or the samples are a loader. A callable: ``progress(done, total)`` in rows;
         raising from it cancels.
+    layout : str or mapping, optional
+        Where each layer keeps its channels (see :func:`neuronviz.knockout`): one of
+        "channels_first", "channels_last", "tokens", "auto", or ``{layer: name}``. None: the
+        layouts the scores were computed with (:attr:`NeuronScores.layouts`), "auto" for
+        layers they do not record, so the channels knocked out are the channels ranked.
 
     Returns
     -------
@@ -790,6 +808,7 @@ def deletion_curve(
     if not per_layer and not across_layers:
         raise NeuronvizError("per_layer and across_layers are both False: ask for at least one kind of curve")
     full = {layer: any(isinstance(v, tuple) for r in rankings.values() for v in r.get(layer, ())) for layer in chosen}
+    layouts = _layouts(ranking, chosen) if layout is None else check_layout_spec(layout, chosen)
     state: dict[str, Any] = {}
 
     def make_masks(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
@@ -806,7 +825,7 @@ def deletion_curve(
     assert not isinstance(progress, bool)  # reports_progress made True/False a callback or None
     res = run_sets(model, x, chosen, make_masks, target=target, output=output, how=how, reference=reference,
                    on=on, n_samples=n_samples, perturbation=perturbation, samples=samples, seed=seed,
-                   batch_size=batch_size, device=device, progress=progress)
+                   batch_size=batch_size, device=device, progress=progress, layout=layouts)
     values = res["values"].numpy().mean(axis=1)
     original = float(res["original"].numpy().mean())
     if original == 0:

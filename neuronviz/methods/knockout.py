@@ -20,6 +20,14 @@ Why here and not in ``core``: the mechanism is torch only, but the mean knock-ou
 reference set (perturbed copies) and the effects need the target rule; the hooks themselves are
 registered through :func:`neuronviz.core.capture.hooks`, the one hook primitive of the project,
 so nothing here registers a hook directly.
+
+Channels are those of the layer's layout (:mod:`neuronviz.core.layouts`, the ``layout=`` rule of
+:func:`neuronviz.score_neurons`): the last axis of a channels-last (N, H, W, C) output, the
+features D of tokens (N, L, D), axis 1 otherwise. Masks are made channels first, (C,) or
+(C, h, w) with tokens on their patch grid as the scores index them, and laid back onto the
+output's own layout by the hook: a channel of a token layer is knocked out on every token, the
+class token included (it is the same feature); a unit (d, i, j) on the patch token (i, j) only.
+The reference means of ``how="mean"`` are kept in the output's own layout.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from torch import nn
 from ..core.batching import default_batch_size, run_batched
 from ..core.capture import ActivationCapture, hooks, resolve_layers
 from ..core.errors import CaptureError, NeuronvizError, NeuronvizTypeError
+from ..core.layouts import Layout, LayoutSpec, check_layout_spec, resolve_layout
 from ..core.locks import hold_model, runs_model
 from ..core.model_state import on_device, preserved_state, resolve_device
 from ..core.perturb import Perturbation
@@ -202,6 +211,62 @@ def _expand(mask: torch.Tensor, ndim: int) -> torch.Tensor:
     return mask.reshape(mask.shape + (1,) * (ndim - mask.dim()))
 
 
+def channels_first_shape(layout: Layout, native: Sequence[int]) -> tuple[int, ...]:
+    """The channels-first shape (C, ...) of one sample whose output, in ``layout``, has shape ``native``.
+
+    Parameters
+    ----------
+    layout : Layout
+        The layer's layout.
+    native : sequence of int
+        The output's shape per sample (no batch), as the module returns it.
+
+    Returns
+    -------
+    tuple of int
+        (C, H, W) for channels last, (D, h, w) (or (D, L)) for tokens, ``native`` otherwise.
+    """
+    native = tuple(int(s) for s in native)
+    if layout.kind == "channels_last":
+        return (native[-1], *native[:-1])
+    if layout.kind == "tokens":
+        return (native[-1], *layout.grid) if layout.grid is not None else (native[-1], native[0] - layout.extra_tokens)
+    return native
+
+
+def to_layout(mask: torch.Tensor, layout: Layout, ndim: int) -> torch.Tensor:
+    """Channels-first masks (B, C) or (B, C, ...) laid onto an output of ``ndim`` dimensions in ``layout``.
+
+    Parameters
+    ----------
+    mask : torch.Tensor
+        (B, C) channel masks, or (B, C, ...) unit masks in the channels-first shape.
+    layout : Layout
+        The output's layout.
+    ndim : int
+        The output's number of dimensions, batch included.
+
+    Returns
+    -------
+    torch.Tensor
+        A mask that broadcasts over the output: a channel covers every position (every token,
+        class tokens included); a unit of a token layer covers its patch token only.
+    """
+    if layout.kind == "channels_last":
+        if mask.dim() == 2:
+            return mask.reshape(mask.shape[0], *(1,) * (ndim - 2), mask.shape[1])
+        return mask.movedim(1, -1)
+    if layout.kind == "tokens":
+        if mask.dim() == 2:
+            return mask.unsqueeze(1)
+        tokens = mask.reshape(mask.shape[0], mask.shape[1], -1).transpose(1, 2)  # (B, L - extra, D)
+        if layout.extra_tokens:
+            lead = tokens.new_zeros((tokens.shape[0], layout.extra_tokens, tokens.shape[2]))
+            tokens = torch.cat([lead, tokens], dim=1)
+        return tokens
+    return _expand(mask, ndim)
+
+
 # ---------------------------------------------------------------------------------------------
 # the hooks
 
@@ -215,11 +280,15 @@ class _Masker:
     has another channel count than the masks were made for.
     """
 
-    def __init__(self, how: How, means: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, how: How, means: Mapping[str, torch.Tensor] | None = None,
+                 layout: Mapping[str, str] | None = None) -> None:
         self.how = how
         self.means = dict(means or {})
         self.masks: dict[str, torch.Tensor] = {}
-        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.shapes: dict[str, tuple[int, ...]] = {}  # channels first
+        self.layout_names = dict(layout or {})  # "auto" for a layer not named
+        self.layouts: dict[str, Layout] = {}  # resolved at the layer's first call unless given
+        self.image_size: tuple[int, int] | None = None
         self.ran: set[str] = set()
         self.n_forward = 0
         self.lazy: dict[str, list[Neuron]] = {}
@@ -227,6 +296,9 @@ class _Masker:
     def start(self, module: nn.Module, args: tuple) -> None:
         self.ran.clear()
         self.n_forward += 1
+        first = args[0] if args else None  # the image size places a token grid, as in ActivationCapture
+        if isinstance(first, torch.Tensor) and first.dim() == 4:
+            self.image_size = (int(first.shape[-2]), int(first.shape[-1]))
 
     def hook(self, name: str) -> Callable[[nn.Module, tuple, Any], torch.Tensor]:
         def fn(module: nn.Module, args: tuple, output: Any) -> torch.Tensor:
@@ -242,23 +314,34 @@ class _Masker:
                     "knock-out would be applied to each call; choose a module that runs once"
                 )
             self.ran.add(name)
-            shape = tuple(output.shape[1:])
-            if name not in self.masks:  # the context manager learns the shape at the first call
+            layout = self.layouts.get(name)
+            if layout is None:  # the context manager learns the layout and the shape at the first call
+                layout = self.layouts[name] = resolve_layout(self.layout_names.get(name, "auto"), module,
+                                                             output.shape, self.image_size, layer=name)
+            native = tuple(output.shape[1:])
+            shape = channels_first_shape(layout, native)
+            if name not in self.masks:
                 self.shapes[name] = shape
                 self.masks[name] = neuron_mask(name, shape, self.lazy[name]).unsqueeze(0)
             want = self.shapes[name]
             # channel masks fit any spatial size; unit masks and reference means need the same shape
-            per_position = self.masks[name].dim() > 2 or self.how == "mean"
+            per_position = self.masks[name].dim() > 2
             if shape[0] != want[0] or (per_position and shape != want):
                 raise NeuronvizError(
-                    f"layer {name!r} gave output shape {shape} per image, but the knock-out was made for {want}"
+                    f"layer {name!r} gave output shape {shape} per image ({layout.kind}), but the knock-out was "
+                    f"made for {want}"
+                )
+            if self.how == "mean" and tuple(self.means[name].shape) != native:
+                raise NeuronvizError(
+                    f"layer {name!r} gave output shape {native} per image, but its reference mean has shape "
+                    f"{tuple(self.means[name].shape)}"
                 )
             return self.apply(name, output)
 
         return fn
 
     def apply(self, name: str, a: torch.Tensor) -> torch.Tensor:
-        h = _expand(self.masks[name], a.dim()).to(device=a.device, dtype=a.dtype)
+        h = to_layout(self.masks[name], self.layouts.get(name, Layout()), a.dim()).to(device=a.device, dtype=a.dtype)
         if h.shape[0] not in (1, a.shape[0]):
             raise NeuronvizError(f"the knock-out masks of {name!r} hold {h.shape[0]} rows for a batch of {a.shape[0]}")
         keep = 1 - h
@@ -392,11 +475,14 @@ def _reference_means(
     )
 
 
-def _check_mean_shapes(means: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]]) -> None:
+def _check_mean_shapes(means: Mapping[str, torch.Tensor], shapes: Mapping[str, tuple[int, ...]],
+                       layouts: Mapping[str, Layout]) -> None:
+    """The reference means against the layers' outputs, each in its own layout."""
     for name, shape in shapes.items():
-        if name in means and tuple(means[name].shape) != tuple(shape):
+        if name in means and channels_first_shape(layouts.get(name, Layout()), means[name].shape) != tuple(shape):
             raise NeuronvizError(
-                f"the reference mean of layer {name!r} has shape {tuple(means[name].shape)}, the layer gives {shape}"
+                f"the reference mean of layer {name!r} has shape {tuple(means[name].shape)}, which is not the "
+                f"layer's output shape per image (channels first: {shape})"
             )
 
 
@@ -453,6 +539,7 @@ def knockout(
     perturbation: Perturbation | str | None = None,
     seed: int = 0,
     batch_size: int | None = None,
+    layout: LayoutSpec = "auto",
 ) -> Iterator[Knockout]:
     """Knock out channels (or units) of named layers for the forward passes of a ``with`` block.
 
@@ -488,6 +575,12 @@ def knockout(
         Seed of the copies.
     batch_size : int, optional
         Images per forward pass of the reference.
+    layout : str or mapping, default "auto"
+        Where each layer keeps its channels, as for :func:`neuronviz.score_neurons`:
+        "channels_first", "channels_last" (N, H, W, C: a channel is the last axis), "tokens"
+        (N, L, D: a channel is a feature, knocked out on every token; a unit ``(d, i, j)`` is
+        feature d of the patch token at (i, j) of the grid) or "auto" (from the output's shape
+        and the module's type, at the layer's first call); one name, or ``{layer: name}``.
 
     Yields
     ------
@@ -502,14 +595,16 @@ def knockout(
         A bad ``how``, a channel out of range (before the block when the layer's type says its
         channel count, else at the first forward pass), a layer that runs twice in one forward
         pass or does not return an (N, C, ...) tensor, ``how="mean"`` with neither ``reference``
-        nor ``x``.
+        nor ``x``, an unknown layout name.
     """
     net = model
     spec = check_set(model, sets)
     how = check_how(how)
     modules = resolve_layers(model, list(spec)) if spec else {}
+    names = check_layout_spec(layout, list(spec))
     for name, module in modules.items():
-        c = _static_channels(module)
+        # the type's channel count is the layout's for "auto" (a Linear's features are last)
+        c = _static_channels(module) if names[name] == "auto" else None
         ints = [n for n in spec[name] if isinstance(n, int)] + [n[0] for n in spec[name] if isinstance(n, tuple)]
         if c is not None and any(not 0 <= n < c for n in ints):
             bad = next(n for n in ints if not 0 <= n < c)
@@ -525,14 +620,27 @@ def knockout(
                 model.eval()
                 means, _ = _reference_means(model, list(spec), reference, img, make_perturbation(perturbation),
                                             _check_samples(n_samples), seed, size, dev)
-        masker = _Masker(how, means)
+        masker = _Masker(how, means, names)
         masker.lazy = spec
-        for name, m in means.items():  # the shape is known: check the neurons now
-            masker.shapes[name] = tuple(m.shape)
-            masker.masks[name] = neuron_mask(name, tuple(m.shape), spec[name]).unsqueeze(0)
+        image_size = _image_size(x, reference)
+        for name, m in means.items():  # the shape is known (and the image's size): check the neurons now
+            if image_size is None and names[name] != "channels_first":
+                continue  # a token grid needs the image's size: checked at the first pass
+            found = resolve_layout(names[name], modules[name], (1, *m.shape), image_size, layer=name)
+            masker.layouts[name] = found
+            masker.shapes[name] = channels_first_shape(found, m.shape)
+            masker.masks[name] = neuron_mask(name, masker.shapes[name], spec[name]).unsqueeze(0)
         info = Knockout(sets=spec, how=how, means=means, _masker=masker)
         with masker.on(model, list(spec)):
             yield info
+
+
+def _image_size(x: torch.Tensor | None, reference: object) -> tuple[int, int] | None:
+    """(H, W) of the images the reference means were taken over, when known."""
+    for images in (reference, x):
+        if isinstance(images, torch.Tensor) and images.dim() in (3, 4):
+            return int(images.shape[-2]), int(images.shape[-1])
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -551,21 +659,25 @@ class _Setup:
 
 
 def probe(model: nn.Module, x: torch.Tensor, layers: Sequence[str], target: TargetSpec, output: str,
-          device: torch.device) -> tuple[Target, dict[str, tuple[int, ...]], float]:
-    """One clean forward pass of ``x``: the target, each layer's output shape and the clean target value.
+          device: torch.device, layout: LayoutSpec = "auto",
+          ) -> tuple[Target, dict[str, tuple[int, ...]], float, dict[str, Layout]]:
+    """One clean forward pass of ``x``: the target, each layer's channels-first shape, the clean value, the layouts.
 
-    The model must already be in eval mode on ``device`` under ``no_grad``.
+    The model must already be in eval mode on ``device`` under ``no_grad``. The layouts are
+    resolved as :func:`neuronviz.score_neurons` resolves them (``layout=``), so a ranking of
+    its scores names the channels knocked out here.
 
     Raises
     ------
     NeuronvizError
-        A layer that does not run, or whose output is not (N, C, ...); a bad target.
+        A layer that does not run, or whose output is not (N, C, ...); a bad target or layout.
     """
     shapes: dict[str, tuple[int, ...]] = {}
+    layouts: dict[str, Layout] = {}
     if not layers:
         out = forward_checked(model, x.to(device))
     else:
-        with ActivationCapture(model, list(layers), copy=False) as rec:
+        with ActivationCapture(model, list(layers), copy=False, layout=layout) as rec:
             out = forward_checked(model, x.to(device))
             acts = rec.outputs()
             for name in layers:
@@ -573,12 +685,13 @@ def probe(model: nn.Module, x: torch.Tensor, layers: Sequence[str], target: Targ
                     raise NeuronvizError(
                         f"layer {name!r} gives a {acts[name].dim()}-D output; a knock-out needs (N, C, ...)")
                 shapes[name] = tuple(acts[name].shape[1:])
+                layouts[name] = rec.layouts.get(name, Layout())
             rec.clear()
     tgt = resolve_target(target, output, predict=lambda: out)
     clean = tgt(out).double()
     if not torch.isfinite(clean).all():
         raise NeuronvizError("the target gave a NaN or infinite value on the image")
-    return tgt, shapes, float(clean[0])
+    return tgt, shapes, float(clean[0]), layouts
 
 
 def evaluate_sets(
@@ -792,11 +905,13 @@ def run_sets(
     batch_size: int | None,
     device: str | torch.device | None,
     progress: Callable[[int, int], None] | None,
+    layout: LayoutSpec = "auto",
 ) -> dict:
     """Evaluate knock-out sets; the engine of :func:`knockout_effect` and the faithfulness curves.
 
     ``make_masks(shapes)`` gets each layer's output shape (from the clean pass) and returns,
-    per layer, the (K, C) or (K, C, ...) bool masks of the K sets (:func:`stack_masks`).
+    per layer, the (K, C) or (K, C, ...) bool masks of the K sets (:func:`stack_masks`), channels
+    first whatever the layer's ``layout``.
     Returns a dict: ``values`` (K, N) float64, ``original`` (N,), ``target`` (Target),
     ``shapes``, ``on``, ``n_forward``, ``how``. The caller holds the model's lock.
     """
@@ -820,14 +935,15 @@ def run_sets(
     with preserved_state(model), on_device(model, dev), torch.no_grad():
         model.eval()
         x = x.to(dev)
-        tgt, shapes, clean = probe(model, x, layers, target, output, dev)
+        tgt, shapes, clean, layouts = probe(model, x, layers, target, output, dev, layout)
         passes = 1
         means: dict[str, torch.Tensor] = {}
         if how == "mean" and layers:
             means, used = _reference_means(model, layers, reference, x, pert, n_samples, seed, size, dev)
-            _check_mean_shapes(means, shapes)
+            _check_mean_shapes(means, shapes, layouts)
             passes += used
         masker = _Masker(how, means)
+        masker.layouts.update(layouts)
         for name, shape in shapes.items():
             masker.shapes[name] = shape
         masks = make_masks(shapes)
@@ -861,7 +977,7 @@ def run_sets(
                 original, values = values[0], values[1:]
         passes += masker.n_forward
     return {"values": values, "original": original, "target": tgt, "shapes": shapes, "on": where,
-            "n_forward": passes, "how": how}
+            "n_forward": passes, "how": how, "layouts": {name: str(v) for name, v in layouts.items()}}
 
 
 @runs_model
@@ -885,6 +1001,7 @@ def knockout_effect(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     progress: ProgressArg = None,
+    layout: LayoutSpec = "auto",
 ) -> KnockoutEffect:
     """The output before and after knocking out each of many sets, in batched forward passes.
 
@@ -937,6 +1054,11 @@ def knockout_effect(
         default): a bar when the sets times the images evaluated reach 200 or the samples are
         a loader. A callable: ``progress(done, total)`` in rows after each pass; raising from
         it cancels.
+    layout : str or mapping, default "auto"
+        Where each layer keeps its channels, as for :func:`neuronviz.score_neurons`:
+        "channels_first", "channels_last" (N, H, W, C), "tokens" (N, L, D; channels are the
+        features D, units ``(d, i, j)`` patch tokens on their grid) or "auto"; one name, or
+        ``{layer: name}``.
 
     Returns
     -------
@@ -954,7 +1076,7 @@ def knockout_effect(
     res = run_sets(model, x, layers, lambda shapes: stack_masks(spec, shapes), target=target, output=output, how=how,
                    reference=reference, on=on,
                    n_samples=n_samples, perturbation=perturbation, samples=samples, seed=seed,
-                   batch_size=batch_size, device=device, progress=progress)
+                   batch_size=batch_size, device=device, progress=progress, layout=layout)
     values, original = res["values"].numpy(), res["original"].numpy()
     o = float(original.mean())
     knocked = values.mean(axis=1)
