@@ -8,7 +8,7 @@ numbers a view computes (with :func:`neuronviz.knockout_effect`) when the toggle
 from __future__ import annotations
 
 import html
-from typing import Callable
+from typing import Callable, Sequence
 
 import bqplot
 import ipywidgets as W
@@ -25,7 +25,11 @@ def _num(v: float) -> str:
 
 
 class FaithfulnessPanel:
-    """One small plot per layer: each ranking's deletion (or insertion) curve, random as a dashed mean and a band.
+    """One small plot per layer (or per mode): each ranking's curve, random as a dashed mean and a band.
+
+    Shows one :class:`~neuronviz.methods.faithfulness.FaithfulnessCurves` (a plot per group: a
+    view's layers), or several (e.g. the deletion and the insertion curves of an input mask: a
+    plot per group and mode, titled ``"pixels · deletion"``).
 
     DOM classes: ``nv-faithfulness`` (the box), ``nv-faithfulness-plot`` (each bqplot figure).
 
@@ -50,13 +54,35 @@ class FaithfulnessPanel:
         self.widget = W.VBox([self.caption, self.row])
         self.widget.add_class("nv-faithfulness")
 
-    def show(self, curves: FaithfulnessCurves | None) -> None:
-        """Draw the curves (None clears the panel)."""
+    def show(self, curves: FaithfulnessCurves | Sequence[FaithfulnessCurves] | None, empty: str = "no curves yet"
+             ) -> None:
+        """Draw the curves: one result, or several side by side (None or an empty list clears the panel).
+
+        Parameters
+        ----------
+        curves : FaithfulnessCurves, sequence of them, or None
+            What to draw.
+        empty : str
+            The caption when there is nothing to draw.
+        """
         self.figures = []
-        if curves is None:
+        several: list[FaithfulnessCurves] = (
+            [] if curves is None else [curves] if isinstance(curves, FaithfulnessCurves) else list(curves))
+        if not several:
             self.row.children = ()
-            self.caption.value = "<span style='font-size:12px'>no curves yet</span>"
+            self.caption.value = f"<span style='font-size:12px'>{html.escape(empty)}</span>"
             return
+        for one in several:
+            self._draw(one, f" · {one.mode}" if len(several) > 1 else "")
+        self.row.children = tuple(self.figures)
+        modes = " and ".join(dict.fromkeys(c.mode for c in several))
+        better = "; ".join(f"{'lower' if c.mode == 'deletion' else 'higher'} {c.mode} AUC"
+                           for c in {c.mode: c for c in several}.values())
+        self.caption.value = (f"<span style='font-size:12px'>{html.escape(modes)} curves, AUC relative to "
+                              f"o(x) = {_num(several[0].original)} in brackets ({better} = more faithful)</span>")
+
+    def _draw(self, curves: FaithfulnessCurves, suffix: str) -> None:
+        """Append one plot per group of ``curves`` to :attr:`figures`."""
         rel = curves.original or 1.0
         for group in curves.groups:
             x, y = bqplot.LinearScale(min=0.0, max=1.0), bqplot.LinearScale()
@@ -75,21 +101,20 @@ class FaithfulnessPanel:
                 marks.append(bqplot.Lines(x=c.fraction, y=c.values / rel, colors=[colour], line_style=style,
                                           stroke_width=2, labels=[label], display_legend=True,
                                           scales={"x": x, "y": y}))
-            verb = "knocked out" if curves.mode == "deletion" else "kept"
-            axes = [bqplot.Axis(scale=x, label=f"share of top neurons {verb}", tick_format=".1f"),
+            if curves.unit == "pixels":
+                what = "share of top pixels " + ("removed" if curves.mode == "deletion" else "inserted")
+            else:
+                what = "share of top neurons " + ("knocked out" if curves.mode == "deletion" else "kept")
+            axes = [bqplot.Axis(scale=x, label=what, tick_format=".1f"),
                     bqplot.Axis(scale=y, side="left", label="output / o(x)", tick_format=".2f",
                                 label_offset="40px")]
-            fig = bqplot.Figure(marks=marks, axes=axes, title=group, title_style={"font-size": "12px"},
+            fig = bqplot.Figure(marks=marks, axes=axes, title=group + suffix, title_style={"font-size": "12px"},
                                 legend_location="top-right", legend_style={"font-size": "10px"},
                                 fig_margin={"top": 35, "bottom": 45, "left": 55, "right": 10},
                                 layout=W.Layout(width=f"{self.width}px", height=f"{self.height}px"),
                                 animation_duration=0)
             fig.add_class("nv-faithfulness-plot")
             self.figures.append(fig)
-        self.row.children = tuple(self.figures)
-        better = "lower" if curves.mode == "deletion" else "higher"
-        self.caption.value = (f"<span style='font-size:12px'>{html.escape(curves.mode)} curves, AUC relative to "
-                              f"o(x) = {_num(curves.original)} in brackets ({better} = more faithful)</span>")
 
 
 class KnockoutToggle:
