@@ -23,6 +23,7 @@ from ..core.validation import check_image
 from ..methods.resampling import NeuronScores, score_neurons
 from ..render.explorer import ExplorerView, render_explorer
 from ..render.formatting import format_score
+from ..render.html import explorer_page
 from ..render.pcace import display_images
 from .examples import ExamplesSection, demo_examples
 from .knockouts import KnockoutSection
@@ -404,6 +405,10 @@ class NeuronExplorer(View):
     def draw(self, record: ExplorerView, *, dpi: int, path: Path | None = None) -> Any:
         """The explorer's figure: overlay, scatter, selections, detail and copies, from data."""
         return render_explorer(record, path=path, dpi=dpi)
+
+    def page(self, record: ExplorerView) -> str:
+        """The explorer as one interactive HTML page (:func:`neuronviz.render.html.explorer_page`)."""
+        return explorer_page(record, settings=self.page_settings(), model=type(self.model).__name__)
 
     def static_png(self) -> bytes | None:
         """The image before the first run, the whole view after it."""

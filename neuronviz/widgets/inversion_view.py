@@ -25,6 +25,7 @@ from ..methods.inversion import (
     guided_feature_inversion,
 )
 from ..methods.inversion_authors import AUTHORS, recipe_defaults
+from ..render.html import inversion_page
 from ..render.inversion import render_inversion
 from .jobs import Job
 from .panels.losses import LossPlot
@@ -353,6 +354,12 @@ class InversionView(View):
     def draw(self, record: dict[str, Any], *, dpi: int, path: Path | None = None) -> Any:
         """:func:`neuronviz.render_inversion` of a :meth:`snapshot`."""
         return render_inversion(**record, dpi=dpi, path=path)
+
+    def page(self, record: dict[str, Any]) -> str:
+        """Both masks over the image and the losses as one HTML page (:func:`neuronviz.render.html.inversion_page`)."""
+        return inversion_page(record["result"], record["pictures"], categories=record["categories"],
+                              settings=self.page_settings(), model=type(self.model).__name__,
+                              opacity=float(self.stage2.opacity.value))
 
     def static_png(self) -> bytes | None:
         """The figure of the result, or the plain picture before the first run."""

@@ -19,6 +19,7 @@ from ..core.locks import hold_model
 from ..core.validation import check_batch
 from ..methods.pcace import MIN_IMAGES, LayerRanking, PCACEScores, mean_probabilities, rank_layers, shown_maps
 from ..render.formatting import format_score
+from ..render.html import pcace_page
 from ..render.pcace import display_images, render_layer_ranking, render_pcace_maps
 from .classes import ClassChoices
 from .jobs import Job
@@ -70,6 +71,8 @@ class PCACEFigure:
     pictures: np.ndarray  # (n, H, W, 3) in [0, 1]
     k: int
     n_classes: int
+    channel: int | None = None  # the selected channel of the shown layer
+    layer_maps: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # every ranked layer's, for a page
 
 
 class PCACEView(View):
@@ -410,9 +413,9 @@ class PCACEView(View):
         """
         if part not in PARTS or options:
             raise NeuronvizError(f"part must be one of {PARTS} (the only option here), got {part!r} {options or ''}")
-        layer, _channel = self._neuron()
+        layer, channel = self._neuron()
         return PCACEFigure(part, self._ranked(), layer, self._maps(layer), self.pictures, self.top_k,
-                           self.classes.n_classes)
+                           self.classes.n_classes, channel, dict(self.outcome.result.maps))
 
     def draw(self, record: PCACEFigure, *, dpi: int, path: Path | None = None) -> Any:
         """``record`` drawn by :func:`~neuronviz.render.pcace.render_pcace_maps` or ``render_layer_ranking``."""
@@ -420,6 +423,13 @@ class PCACEView(View):
             return render_layer_ranking(record.ranking, path=path, dpi=dpi)
         return render_pcace_maps(record.ranking[record.layer], record.maps, record.pictures, k=record.k,
                                  n_classes=record.n_classes, path=path, dpi=dpi)
+
+    def page(self, record: PCACEFigure) -> str:
+        """The ranking and every layer's channels as one HTML page (:func:`neuronviz.render.html.pcace_page`)."""
+        return pcace_page(record.ranking, record.layer_maps or {record.layer: record.maps}, record.pictures,
+                          selected=(record.layer, record.channel) if record.channel is not None else None,
+                          k=record.k, settings=self.page_settings(), model=type(self.model).__name__,
+                          n_classes=record.n_classes, opacity=float(self.opacity.value))
 
     def export_options(self) -> dict[str, Any]:
         """The part chosen beside the Export button."""

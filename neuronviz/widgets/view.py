@@ -51,6 +51,7 @@ from ..core.locks import hold_model
 from ..core.model_state import model_device
 from ..core.targets import check_class_output
 from ..render.figure import check_path
+from ..render.html import PAGE_SUFFIXES, write_page
 from .classes import ClassChoices
 from .colab import enable_colab_widgets
 from .jobs import Job, Worker
@@ -568,12 +569,15 @@ class View(W.VBox):
         return self.draw(record, dpi=dpi)
 
     def export(self, path: str | Path, dpi: int = 150, **options: Any) -> Path:
-        """Save the current view as a print-quality PNG, SVG or PDF (by the suffix), drawn in the kernel.
+        """Save the current view as a print-quality PNG, SVG or PDF, or as an interactive HTML page (by the suffix).
+
+        A ``.html`` file is one self-contained page (:meth:`page`) that opens offline in any
+        browser, without a kernel: plots, numbers, the embedded overlays and a small script.
 
         Parameters
         ----------
         path : str or pathlib.Path
-            File name ending in ``.png``, ``.svg`` or ``.pdf``.
+            File name ending in ``.png``, ``.svg``, ``.pdf`` or ``.html``.
         dpi : int
             Resolution of a PNG (and of the images embedded in SVG and PDF).
         **options
@@ -588,6 +592,10 @@ class View(W.VBox):
         NeuronvizError
             Another suffix, a bad ``dpi``, or no finished run yet.
         """
+        if Path(path).suffix.lower() in PAGE_SUFFIXES:
+            with self.lock:
+                page = self.page(self._record(**options))
+            return write_page(page, path)
         try:
             target = check_path(path)
         except ValueError as err:
@@ -599,6 +607,27 @@ class View(W.VBox):
             record = self._record(**options)
         self.draw(record, dpi=dpi, path=target)
         return target
+
+    def page(self, record: Any) -> str:
+        """The interactive HTML page of ``record`` (:mod:`neuronviz.render.html`); never runs the model.
+
+        A view with a page implements it in a few lines; :meth:`export` writes it for ``.html``.
+        """
+        raise NeuronvizError(f"{type(self).__name__} has no HTML page; export it as .png, .svg or .pdf")
+
+    def page_settings(self) -> list[tuple[str, Any]]:
+        """The last run's settings as (label, value) rows for a page: the model's class, then each setting."""
+        assert self.outcome is not None  # asked for only once a run finished
+        rows: list[tuple[str, Any]] = [("model", type(self.model).__name__)]
+        for name, (_default, meta) in self._fields.items():
+            # what applies at once (top-k) as shown now, the rest as the run had it
+            value = getattr(self.outcome.settings, name) if meta.rerun else self._values[name]
+            if name == "target" and hasattr(self, "classes") and isinstance(value, int):
+                value = self.classes.name(value)
+            elif isinstance(value, (tuple, list)):
+                value = ", ".join(map(str, value))
+            rows.append((meta.label or name.replace("_", " "), value))
+        return rows
 
     def export_options(self) -> dict[str, Any]:
         """The options the Export button passes to :meth:`export` (e.g. the part chosen)."""
