@@ -5,6 +5,7 @@ copies of an image (input resampling), rank channels by PCACE, and draw it all i
 """
 
 from .core import perturb
+from .core.archive import load
 from .core.capture import ActivationCapture, capture, layer_summary
 from .core.errors import CaptureError, LayerNotFoundError, NeuronvizError, NeuronvizTypeError, NeuronvizWarning
 from .core.receptive_field import ReceptiveField, receptive_field
@@ -68,6 +69,7 @@ __all__ = [
     "deprocess",
     "imagenet_categories",
     "layer_summary",
+    "load",
     "load_digits",
     "overlap",
     "perturb",

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .archive import Archived, archived
 from .capture import ActivationCapture, hooks, resolve_layers
 from .errors import NeuronvizError
 from .locks import hold_model, runs_model
@@ -50,8 +51,9 @@ def _pair(v: int | str | Sequence[int]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
+@archived("ReceptiveField", drop=("_probe",))  # the probe holds the model: not data
 @dataclass
-class ReceptiveField:
+class ReceptiveField(Archived):
     """Where each position of a layer looks in the input.
 
     Attributes

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
+from ..core.archive import Archived, archived
 from ..core.errors import NeuronvizError
 
 if TYPE_CHECKING:
@@ -75,8 +76,9 @@ _BLOCK_ELEMENTS = {"cpu": 2**20, "cuda": 2**24}
 _CPU_GRAIN = 32768
 
 
+@archived('AceResult')
 @dataclass
-class AceResult:
+class AceResult(Archived):
     """Transforms found by ACE.
 
     For :func:`ace` the fields describe one problem (``rho``, ``rsq`` are floats and

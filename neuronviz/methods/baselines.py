@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..core.archive import Archived, archived
 from ..core.capture import ActivationCapture, hooks, resolve_layers
 from ..core.errors import NeuronvizError
 from ..core.locks import runs_model
@@ -222,8 +223,9 @@ def _top(values: torch.Tensor, k: int) -> list[int]:
     return valid[torch.sort(-flat[valid], stable=True).indices][:k].tolist()
 
 
+@archived('BaselineScores')
 @dataclass
-class BaselineScores:
+class BaselineScores(Archived):
     """The four baseline metrics of every channel of the scored layers.
 
     Attributes

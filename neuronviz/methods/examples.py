@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 import torch
 from torch import nn
 
+from ..core.archive import Archived, archived
 from ..core.batching import default_batch_size
 from ..core.capture import ActivationCapture, resolve_layers
 from ..core.distributed import Ranks, shard, use_distributed
@@ -48,6 +49,7 @@ HIST_POSITIONS = 16
 _MIN_EXP = -20
 
 
+@archived("Example")
 class Example(NamedTuple):
     """One data-set example of a channel: the image, where in it, how strongly."""
 
@@ -56,8 +58,9 @@ class Example(NamedTuple):
     value: float
 
 
+@archived('Crop')
 @dataclass
-class Crop:
+class Crop(Archived):
     """The receptive-field crop of one example, from the data set itself.
 
     Attributes
@@ -82,8 +85,9 @@ class Crop:
     label: int | None = None
 
 
+@archived('Generality')
 @dataclass
-class Generality:
+class Generality(Archived):
     """How broadly each channel of a layer fires over the data set.
 
     Attributes
@@ -105,6 +109,7 @@ class Generality:
     quantile: float
 
 
+@archived("TopExamples.histogram")
 class _Hist:
     """Per-channel histograms over [-2^e_c, 2^e_c) whose bins nest when the range doubles, so merges are exact.
 
@@ -322,8 +327,9 @@ class _LayerExamples:
         return (self[c] for c in range(len(self)))
 
 
+@archived('TopExamples')
 @dataclass
-class TopExamples:
+class TopExamples(Archived):
     """The k data-set examples of every channel of some layers (see :func:`top_examples`).
 
     ``ex[layer][channel]`` is a list of at most k :class:`Example` rows ``(image, position,

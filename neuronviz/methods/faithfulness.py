@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.archive import Archived, archived
 from ..core.batching import run_batched
 from ..core.errors import NeuronvizError, NeuronvizTypeError, NeuronvizWarning
 from ..core.layouts import LayoutSpec, check_layout_spec
@@ -138,8 +139,9 @@ def mean_change(values: np.ndarray, fraction: np.ndarray, original: float) -> fl
     return normalised_auc(np.abs(np.asarray(values, dtype=float) / original - 1.0), fraction, 1.0)
 
 
+@archived('Curve')
 @dataclass
-class Curve:
+class Curve(Archived):
     """One deletion or insertion curve.
 
     Attributes
@@ -219,8 +221,9 @@ class Curve:
         return float(np.quantile(self.aucs, q)), float(np.quantile(self.aucs, 1 - q))
 
 
+@archived('FaithfulnessCurves')
 @dataclass
-class FaithfulnessCurves:
+class FaithfulnessCurves(Archived):
     """Deletion or insertion curves of several rankings, per layer (and across layers), or over pixels.
 
     Attributes

@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.archive import Archived, archived
 from ..core.capture import ActivationCapture, layer_summary, resolve_layers
 from ..core.errors import NeuronvizError, NeuronvizTypeError, NeuronvizWarning
 from ..core.locks import runs_model
@@ -93,8 +94,9 @@ TargetsSpec = Union[None, int, Sequence[int], torch.Tensor, np.ndarray, Callable
 Background = Union[str, torch.Tensor]
 
 
+@archived('InversionResult')
 @dataclass
-class InversionResult:
+class InversionResult(Archived):
     """Saliency masks of guided feature inversion, one per explained image.
 
     Attributes

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.archive import Archived, archived
 from ..core.batching import default_batch_size, run_batched
 from ..core.capture import ActivationCapture, hooks, resolve_layers
 from ..core.errors import CaptureError, NeuronvizError, NeuronvizTypeError
@@ -765,8 +766,9 @@ def stack_masks(sets: Sequence[Mapping[str, Sequence[Neuron]]], shapes: Mapping[
     return out
 
 
+@archived('KnockoutEffect')
 @dataclass
-class KnockoutEffect:
+class KnockoutEffect(Archived):
     """The output before and after each knock-out set.
 
     Attributes

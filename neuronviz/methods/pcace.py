@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from ..core.archive import Archived, archived
 from ..core.batching import available_bytes, check_fits, default_batch_size
 from ..core.capture import ActivationCapture, resolve_layers
 from ..core.distributed import Ranks, all_reduce_covariance, shard, use_distributed
@@ -58,8 +59,9 @@ _SMALL_EIGH = 1024
 _ACE_ELEMENTS = {"cpu": 2**21, "cuda": 2**25}
 
 
+@archived('PCACEScores')
 @dataclass
-class PCACEScores:
+class PCACEScores(Archived):
     """PCACE scores of every channel of one layer.
 
     Attributes
@@ -142,8 +144,9 @@ class PCACEScores:
         )
 
 
+@archived('LayerRanking')
 @dataclass
-class LayerRanking:
+class LayerRanking(Archived):
     """PCACE over several layers, with a per-layer summary.
 
     Attributes

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..core.archive import Archived, archived
 from ..core.batching import check_batch_request, default_batch_size, run_batched
 from ..core.capture import ActivationCapture, resolve_layers
 from ..core.distributed import Ranks, all_reduce_comoments, all_reduce_weighted, shard, use_distributed
@@ -41,8 +42,9 @@ METRICS = ("correlation", "precision")
 Selection = Mapping[str, Sequence]
 
 
+@archived('NeuronScores')
 @dataclass
-class NeuronScores:
+class NeuronScores(Archived):
     """Correlation and precision of every neuron of the scored layers.
 
     Attributes

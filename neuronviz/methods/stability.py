@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..core.archive import Archived, archived
 from ..core.errors import NeuronvizError
 from .resampling import METRICS, NeuronScores, score_neurons
 
@@ -199,8 +200,9 @@ def _mean_pairwise_jaccard(sets: torch.Tensor) -> float:
     return float((inter[i, j][keep] / u[keep]).mean()) if bool(keep.any()) else math.nan
 
 
+@archived('SelectionStability')
 @dataclass
-class SelectionStability:
+class SelectionStability(Archived):
     """Mean Jaccard index of the top-k between independent sets, per layer and criterion.
 
     Attributes
