@@ -562,12 +562,12 @@ class _Reader:
             if a.dtype != np.dtype(np_type):
                 raise self._damaged(f"the bits of the {body['dtype']} tensor at {where} are {a.dtype}, not "
                                     f"{np.dtype(np_type).name}")
-            t = torch.from_numpy(np.ascontiguousarray(a).view(np.dtype(str(as_int).removeprefix("torch."))))
+            t = torch.from_numpy(_contiguous(a).view(np.dtype(str(as_int).removeprefix("torch."))))
             t = t.view(dtype)
         else:
             if a.dtype != np.dtype(_NUMPY_DTYPES[dtype]):
                 raise self._damaged(f"the array of the {body['dtype']} tensor at {where} is {a.dtype}")
-            t = torch.from_numpy(np.ascontiguousarray(a))
+            t = torch.from_numpy(_contiguous(a))
         self._cache[key] = t
         return t
 
@@ -616,6 +616,11 @@ class _Reader:
         for n in drop:
             obj.__dict__.setdefault(n, None)
         return obj
+
+
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    # not np.ascontiguousarray: it turns a 0-d array into a 1-d one
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def _list(v: Any) -> list:
