@@ -23,11 +23,12 @@ from ..render.html import pcace_page
 from ..render.pcace import display_images, render_layer_ranking, render_pcace_maps
 from .classes import ClassChoices
 from .jobs import Job
+from .knockouts import CurvesSection, pcace_curves
 from .panels.bars import ChannelBars, LayerBars
 from .panels.channel_maps import GRID_MAX_K, ChannelStrip, TopBottomGrid
 from .pictures import encode_png, figure_png, stack_pngs
 from .settings import ClassIndex, Device, Int, Layers, setting
-from .view import STATIC_DPI, Outcome, View
+from .view import CLOSE_WAIT_S, STATIC_DPI, Outcome, View
 
 __all__ = ["PCACEView", "PCACESettings", "PCACEResult", "PCACEFigure", "PARTS"]
 
@@ -227,11 +228,15 @@ class PCACEView(View):
         self.top_bottom.on_select(self._pick_channel)
         self.layer_picker.observe(lambda c: None if self._quiet or c["new"] is None else self._pick_layer(c["new"]),
                                   names="value")
+        self.faithfulness = CurvesSection(self._prepare_curves, label="Deletion curve", tooltip=(
+            "knock out the shown layer's top-k channels by PCACE, correlation, precision and random rankings; "
+            "the logit on the shown images"))
         self.opacity.observe(self._opacity_moved, names="value")
         wrap = W.Layout(flex_flow="row wrap")
         return [W.HBox([self.layer_bars.widget, W.VBox([W.HBox([self.layer_picker, self.opacity]),
                                                         self.channel_bars.widget])], layout=wrap),
-                W.HBox([self.channel_strip.widget, self.top_bottom.widget], layout=W.Layout(flex_flow="row wrap"))]
+                W.HBox([self.channel_strip.widget, self.top_bottom.widget], layout=W.Layout(flex_flow="row wrap")),
+                self.faithfulness.widget]
 
     # ------------------------------------------------------------------ state
 
@@ -338,6 +343,7 @@ class PCACEView(View):
             finally:
                 self._quiet = False
             self._draw_grid()
+            self.faithfulness.refresh()  # the shown layer's deletion curve, once asked for
         else:
             self.channel_bars.mark(self.top_k, channel)
         self._draw_strip()
@@ -368,6 +374,14 @@ class PCACEView(View):
             self._ranking = LayerRanking(self._ranking.layers, value)
             self._shown_layer = None
             self.show_selected()
+
+    def _prepare_curves(self) -> Any:
+        """The shown layer's deletion curve (:func:`.knockouts.pcace_curves`), or None before a run."""
+        scores = self.scores
+        if scores is None:
+            return None
+        model, images, n = self.model, self.images, self.n_shown
+        return lambda progress: pcace_curves(model, images, scores, n_images=n, progress=progress)
 
     def _opacity_moved(self, _change: dict) -> None:
         with self.lock:
@@ -415,7 +429,7 @@ class PCACEView(View):
             raise NeuronvizError(f"part must be one of {PARTS} (the only option here), got {part!r} {options or ''}")
         layer, channel = self._neuron()
         return PCACEFigure(part, self._ranked(), layer, self._maps(layer), self.pictures, self.top_k,
-                           self.classes.n_classes, channel, dict(self.outcome.result.maps))
+                           self.classes.n_classes, channel, {la: self._maps(la) for la in self._ranked().layers})
 
     def draw(self, record: PCACEFigure, *, dpi: int, path: Path | None = None) -> Any:
         """``record`` drawn by :func:`~neuronviz.render.pcace.render_pcace_maps` or ``render_layer_ranking``."""
@@ -443,6 +457,19 @@ class PCACEView(View):
         figures = [self.draw(dataclasses.replace(record, part="ranking"), dpi=STATIC_DPI),
                    self.draw(dataclasses.replace(record, k=min(record.k, GRID_MAX_K)), dpi=STATIC_DPI)]
         return stack_pngs([figure_png(fig, STATIC_DPI) for fig in figures])
+
+    def run(self) -> Job:
+        """Start a run as every view does; a deletion curve being computed is cancelled (the run needs the model)."""
+        self.faithfulness.clear()
+        return super().run()
+
+    def close(self) -> None:
+        """Cancel the deletion curve being computed and wait for it, then close as every view."""
+        section = getattr(self, "faithfulness", None)  # absent when the constructor failed early
+        if section is not None:
+            section.clear()
+            section.wait(CLOSE_WAIT_S)
+        super().close()
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, selected={self.selected!r})"
