@@ -28,11 +28,12 @@ from ..methods.inversion_authors import AUTHORS, recipe_defaults
 from ..render.html import inversion_page
 from ..render.inversion import render_inversion
 from .jobs import Job
+from .knockouts import CurvesSection, mask_curves
 from .panels.losses import LossPlot
 from .panels.masks import MaskOverlay, StageMasks
 from .pictures import DISPLAY_SIZE, display_picture, encode_png, resize
 from .settings import ClassIndex, Device, Float, Int, Layer, OneOf, setting
-from .view import Outcome, View
+from .view import CLOSE_WAIT_S, Outcome, View
 
 __all__ = ["InversionView", "InversionSettings", "MaskOverlay", "inversion_layers"]
 
@@ -300,7 +301,10 @@ class InversionView(View):
         self.info = W.HTML("")
         self.info.add_class("nv-inversion-info")
         self.masks.show(None)
-        return [W.HBox([*self.masks.widgets, W.VBox([self.losses, self.info])], layout=W.Layout(flex_flow="row wrap"))]
+        self.faithfulness = CurvesSection(self._prepare_curves, label="Deletion curves", tooltip=(
+            "remove (insert) the pixels in the order of the stage-2 mask, against random masks"))
+        return [W.HBox([*self.masks.widgets, W.VBox([self.losses, self.info])], layout=W.Layout(flex_flow="row wrap")),
+                self.faithfulness.widget]
 
     @property
     def result(self) -> InversionResult | None:
@@ -327,6 +331,28 @@ class InversionView(View):
             f"</code><br>channels in the mask: {kept1} after stage 1, {kept2} after stage 2<br>background "
             f"{html.escape(result.background)}, lam {s.lam:g}, delta {s.delta:g}, {html.escape(result.loss)} loss</div>"
         )
+        self.faithfulness.refresh()  # the mask's deletion and insertion curves, once asked for
+
+    def _prepare_curves(self) -> Any:
+        """The result's deletion and insertion curves (:func:`.knockouts.mask_curves`), or None before a run."""
+        result = self.result
+        if result is None:
+            return None
+        model, x = self.model, self.x
+        return lambda progress: mask_curves(model, x, result, progress=progress)
+
+    def run(self) -> Job:
+        """Start a run as every view does; curves being computed are cancelled (the run needs the model)."""
+        self.faithfulness.clear()
+        return super().run()
+
+    def close(self) -> None:
+        """Cancel the curves being computed and wait for them, then close as every view."""
+        section = getattr(self, "faithfulness", None)  # absent when the constructor failed early
+        if section is not None:
+            section.clear()
+            section.wait(CLOSE_WAIT_S)
+        super().close()
 
     def done_text(self, outcome: Outcome) -> str:
         """``done · 10+70 steps in 3.2 s``."""

@@ -3,8 +3,11 @@
 :class:`CurvesSection` is a :class:`~neuronviz.widgets.panels.faithfulness.FaithfulnessPanel`
 with a button and a status line whose curves are computed in a background thread: the
 explorer's deletion curves, the PCACE view's curve of its ranking (:func:`pcace_curves`), the
-inversion view's deletion and insertion curves of its mask (:func:`mask_curves`). A new start
-(or :meth:`CurvesSection.clear`) cancels the one running at its next batch, and its curves are
+inversion view's deletion and insertion curves of its mask (:func:`mask_curves`). The first
+press computes them; from then on the view's :meth:`CurvesSection.refresh` after every run (and
+new shown layer) computes them again, so they stay those of what is shown, while a view whose
+curves were never asked for runs its model no more than before. A new start (or
+:meth:`CurvesSection.clear`) cancels the one running at its next batch, and its curves are
 dropped.
 
 The explorer's :class:`KnockoutSection` adds a toggle that knocks the selected neuron (or the
@@ -172,6 +175,8 @@ class CurvesSection:
         The curves drawn now (None while computing, after :meth:`clear` or before the first).
     panel : FaithfulnessPanel
         The plots.
+    follow : bool
+        Whether :meth:`refresh` computes the curves (True once :meth:`start` was called).
     """
 
     def __init__(self, prepare: Callable[[], Callable[[Progress], Curves] | None], *, label: str = "Deletion curves",
@@ -183,14 +188,37 @@ class CurvesSection:
         self.button.on_click(lambda _b: self.start())
         self.status = W.HTML("")
         self.curves: Curves | None = None
+        self.follow = False
         self._generation = 0
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.widget = W.VBox([W.HBox([self.button, self.status]), self.panel.widget])
         self.widget.add_class("nv-curves")
 
+    def refresh(self) -> bool:
+        """What is shown changed: compute its curves if they were asked for before (:attr:`follow`), else clear.
+
+        Returns
+        -------
+        bool
+            Whether a computation started.
+        """
+        if self.follow:
+            return self.start()
+        self.clear()
+        return False
+
     def start(self) -> bool:
-        """Compute the curves in the background (a running computation is cancelled); False when not ready."""
+        """Compute the curves in the background (a running computation is cancelled); False when not ready.
+
+        From then on :meth:`refresh` computes them too (:attr:`follow`).
+
+        Returns
+        -------
+        bool
+            Whether a computation started (False before the view has a result).
+        """
+        self.follow = True
         with self._lock:
             self._generation += 1
             mine = self._generation
@@ -294,6 +322,8 @@ class KnockoutSection:
         self.neuron = neuron
         self.effect = None
         self.toggle.reset()
+        if self._of is not None and self._scores() is not self._of:  # a new run: its own curves, or none
+            self.section.refresh()
 
     def _set(self) -> dict[str, list[int]] | None:
         scores = self._scores()
