@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 __all__ = ["NeuronScores", "score_neurons", "overlap", "METRICS"]
 
 METRICS = ("correlation", "precision")
+#: With ``on_batch``, the most samples in the first batch of :func:`score_neurons`.
+FIRST_BATCH = 8
 
 Selection = Mapping[str, Sequence]
 
@@ -575,7 +577,8 @@ def score_neurons(
         Called as ``on_batch(scores)`` after every batch with the :class:`NeuronScores` of
         the samples seen so far by this process (once at least 3 were; without replicates or
         maps), e.g. to draw a picture that refines while the pass runs; an exception it
-        raises stops the run as a progress callback's does.
+        raises stops the run as a progress callback's does. With it, the first batch holds at
+        most :data:`FIRST_BATCH` samples, so that the first call comes early.
 
     Returns
     -------
@@ -643,6 +646,7 @@ def score_neurons(
         kept_maps: dict[str, dict[int, torch.Tensor]] = {}
         state: dict[str, Any] = {}  # "t": the Target, once resolved; "seen": the samples scored so far
         size = batch_size or default_batch_size(dev)
+        head = FIRST_BATCH if on_batch is not None else 0  # a small first batch: an early first partial
 
         def get_target(first_out: object, is_first_copy: bool) -> Target:
             if "t" not in state:
@@ -709,8 +713,8 @@ def score_neurons(
                     assert samples is not None  # a stream of batches
                     _score_stream(samples, model, dev, batch_size, score, progress)
                 elif fixed is not None:
-                    run_batched(fixed.shape[0], size, lambda r: score(fixed[r.start : r.stop].to(dev), False, r),
-                                on_progress=progress)
+                    _run_batches(fixed.shape[0], size, lambda r: score(fixed[r.start : r.stop].to(dev), False, r),
+                                 progress, head)
                 else:
                     block = shard(n_samples, ranks.rank, ranks.size)
 
@@ -719,7 +723,7 @@ def score_neurons(
                         copies = range(block.start + r.start, block.start + r.stop)
                         score(pert.sample(x, copies, seed=seed), copies.start == 0, copies)
 
-                    run_batched(len(block), size, step, on_progress=progress)
+                    _run_batches(len(block), size, step, progress, head)
                 if "t" not in state:  # no sample on this rank: the target still comes from x
                     get_target(None, False)
                     rec.clear()
@@ -836,6 +840,19 @@ def _partial_scores(
         channel_means={n: b.rows() for n, b in channel_means.items()} if channel_means else None,
         excluded=parts["excl"], exclusion_rule=rules, layouts={n: str(layouts.get(n, "channels_first")) for n in names},
     )
+
+
+def _run_batches(n: int, size: int, step: Callable[[range], None], progress: Callable[[int, int], None] | None,
+                 head: int) -> None:
+    """:func:`run_batched` over ``0..n-1``, the first range at most ``head`` long (0: no limit)."""
+    first = min(n, head) if 0 < head < size else 0
+
+    def report(offset: int) -> Callable[[int, int], None] | None:
+        return None if progress is None else (lambda done, _n: progress(offset + done, n))
+
+    if first:
+        run_batched(first, first, step, on_progress=report(0))
+    run_batched(n - first, size, lambda r: step(range(r.start + first, r.stop + first)), on_progress=report(first))
 
 
 def _check_keep_maps(keep_maps: Sequence[int], n: int | None) -> set[int]:

@@ -2,22 +2,26 @@
 
 :class:`ExamplesSection` owns an :class:`~neuronviz.widgets.panels.examples.ExamplesPanel` and runs
 :func:`neuronviz.top_examples` in a thread of its own (holding the model's lock, so it takes
-turns with the view's runs): the first time a neuron is shown, for every layer the view scores,
-in one pass; a layer added later gets a pass of its own. Clicking a crop shows that image in
-the view's overlay with the neuron's map over it.
+turns with the view's runs, and giving way to them between batches): the first time a neuron is
+shown, for every layer the view scores, in one pass; a layer added later gets a pass of its own.
+Clicking a crop shows that image in the view's overlay with the neuron's map over it.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import html
 import threading
+import time
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from ..core.locks import hold_model
+from ..core.model_state import model_device
 from ..methods.examples import Crop, TopExamples, dataset_item, top_examples
 from .panels.examples import HOW_TO_GIVE, ExamplesPanel
 from .pictures import DISPLAY_SIZE, display_picture, resize
@@ -29,8 +33,22 @@ class _Closed(Exception):
     """The view was closed: the search stops."""
 
 
+class _GiveWay(Exception):
+    """The view wants the model: the search stops, to start again once the view is idle."""
+
+
+class _Stale(Exception):
+    """Another neuron was shown: cutting this one's crops stops."""
+
+
 #: Seconds the interpreter waits at exit for a search to reach its next batch and stop.
 EXIT_WAIT_S = 10.0
+#: Images per forward pass of the search on a CPU: between two, a run of the view goes first.
+SEARCH_BATCH = 4
+#: Seconds between two looks at whether the view still wants the model.
+GIVE_WAY_POLL_S = 0.02
+#: Neurons whose crops are kept (they do not depend on the view's runs).
+CROPS_KEPT = 64
 _EXITING = threading.Event()
 _THREADS: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
 
@@ -60,6 +78,13 @@ def crops_dataset(source: Any) -> Any:
 class ExamplesSection:
     """The examples panel of a view and the background search that feeds it.
 
+    The search and the crops' forward passes give way to the view's own runs: they wait while
+    the view wants the model (:meth:`View.wants_model`: a live run scheduled or under way), and a
+    search under way stops at its next batch (of :data:`SEARCH_BATCH` images on a CPU) when a
+    run is scheduled, to start again once the view is idle. So a live run never waits for them
+    for more than one short batch, and never shares the processor with them. The crops of a
+    neuron are cut once and kept (:data:`CROPS_KEPT` neurons).
+
     Parameters
     ----------
     view : View
@@ -77,6 +102,10 @@ class ExamplesSection:
         self.cache: dict[str, TopExamples] = {}
         self.neuron: tuple[str, int] | None = None
         self._thread: threading.Thread | None = None
+        self._fills: list[threading.Thread] = []
+        self._crops: dict[tuple[str, int], tuple[list[Crop], str]] = {}
+        self._shown: tuple[str, int] | None = None  # whose crops the panel shows
+        self._generation = 0  # bumped by every show: an older fill stops at its next step
         self._lock = threading.Lock()
         self.error: str | None = None
         self.panel.on_open(self.open)
@@ -86,18 +115,52 @@ class ExamplesSection:
     def _closed(self) -> bool:
         return _EXITING.is_set() or getattr(self.widget, "comm", None) is None
 
+    def _view_busy(self) -> bool:
+        wants = getattr(self.view, "wants_model", None)
+        return bool(wants()) if callable(wants) else False
+
+    def _give_way(self, generation: int | None = None) -> None:
+        """Wait while the view wants the model; raise when closed or (with ``generation``) superseded."""
+        while True:
+            if self._closed():
+                raise _Closed
+            if generation is not None and generation != self._generation:
+                raise _Stale
+            if not self._view_busy():
+                return
+            time.sleep(GIVE_WAY_POLL_S)
+
+    @contextlib.contextmanager
+    def _turn(self, generation: int | None = None) -> Iterator[None]:
+        """Hold the model's lock at a moment the view does not want the model."""
+        while True:
+            self._give_way(generation)
+            with hold_model(self.view.model):
+                if not self._view_busy():  # a run scheduled while the lock was taken goes first
+                    yield
+                    return
+
     def show(self, neuron: tuple[str, int] | None) -> None:
         """Show the neuron's crops, starting the search for its layer if needed; restore the view's own image."""
         overlay = getattr(self.view, "overlay", None)
         if overlay is not None:
             overlay.image = self.view.image
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
         self.neuron = neuron
         if self.source is None or neuron is None:
             return
+        if neuron == self._shown and self.panel.crops:
+            return  # the same neuron after a new run: its crops do not depend on the run
         layer = neuron[0]
         if layer in self.cache:
-            # the crops' maps need a forward pass: off the selection's path
-            _thread(self._fill_quietly, name="neuronviz-example-crops")
+            if neuron in self._crops:
+                self._set_crops(neuron)
+                return
+            # the crops' maps need a forward pass: off the selection's path, and after the view's runs
+            thread = _thread(self._fill_quietly, generation, name="neuronviz-example-crops")
+            self._fills = [t for t in self._fills if t.is_alive()] + [thread]
             return
         self.panel.message(f"finding the data-set examples of <b>{html.escape(layer)}</b> in the background…")
         self._start()
@@ -113,54 +176,86 @@ class ExamplesSection:
             self._thread = _thread(self._search, wanted, name="neuronviz-examples")
 
     def _search(self, layers: list[str]) -> None:
-        def stop_if_closed(done: int, total: int) -> None:
+        def between_batches(done: int, total: int) -> None:
             if self._closed():
                 raise _Closed
+            if self._view_busy():
+                raise _GiveWay
 
-        try:
-            ex = top_examples(self.view.model, self.source, layers, k=self.panel.k, progress=stop_if_closed)
-        except _Closed:
-            return
-        except Exception as err:  # noqa: BLE001 - shown in the panel: the view itself keeps working
-            self.error = f"{type(err).__name__}: {err}"
-            self.panel.message(f"<span style='color:#b00'>data-set examples failed: {html.escape(self.error)}</span>")
-            return
+        model = self.view.model
+        batch = SEARCH_BATCH if model_device(model).type == "cpu" else None
+        while True:
+            try:
+                with self._turn():
+                    ex = top_examples(model, self.source, layers, k=self.panel.k, batch_size=batch,
+                                      progress=between_batches)
+                break
+            except _GiveWay:
+                continue  # a run of the view goes first; the pass starts again once it has ended
+            except _Closed:
+                return
+            except Exception as err:  # noqa: BLE001 - shown in the panel: the view itself keeps working
+                self.error = f"{type(err).__name__}: {err}"
+                failed = html.escape(self.error)
+                self.panel.message(f"<span style='color:#b00'>data-set examples failed: {failed}</span>")
+                return
         for layer in layers:
             self.cache[layer] = ex
         if self._closed():
             return
         if self.neuron is not None and self.neuron[0] in self.cache:
-            self._fill()
+            self._fill_quietly(self._generation)
         elif self.neuron is not None:
             self._start()
 
     def wait(self, timeout: float | None = None) -> None:
-        """Block until the background search (if any) ended."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
+        """Block until the background search (if any) and the cutting of crops ended."""
+        for thread in [self._thread, *self._fills]:
+            if thread is not None:
+                thread.join(timeout)
 
-    def _fill_quietly(self) -> None:
+    def _fill_quietly(self, generation: int) -> None:
         try:
-            self._fill()
+            self._fill(generation)
+        except (_Closed, _Stale):
+            return
         except Exception as err:  # noqa: BLE001 - shown in the panel: the view itself keeps working
             self.panel.message(f"<span style='color:#b00'>data-set examples failed: {html.escape(str(err))}</span>")
 
-    def _fill(self) -> None:
+    def _fill(self, generation: int) -> None:
+        """Cut the shown neuron's crops (a position's receptive field at a time, giving way between)."""
         assert self.neuron is not None  # filled only once a neuron is shown
-        layer, channel = self.neuron
+        neuron = layer, channel = self.neuron
+        if neuron in self._crops:
+            self._set_crops(neuron)
+            return
         ex = self.cache[layer]
         if channel >= ex.values[layer].shape[1]:
             return
-        crops = ex.crops(crops_dataset(self.source), layer, channel, model=self.view.model)
-        if self.neuron != (layer, channel) or self._closed():
-            return  # another neuron was selected meanwhile: its own fill shows it
+        rf = ex.receptive_fields.get(layer)
+        if rf is not None:
+            for row in ex.examples(layer, channel):
+                if row.position is not None:
+                    with self._turn(generation):
+                        rf.measure([row.position])  # measured once; a no-op for an analytic field
+        with self._turn(generation):
+            crops = ex.crops(crops_dataset(self.source), layer, channel, model=self.view.model)
         gen = ex.generality(layer)
         share = float(gen.share[channel])
         note = (f"top {len(crops)} of {ex.n_images} images · fires on {share:.0%} of them"
                 + (f" · label entropy {float(gen.entropy[channel]):.2f} bits" if gen.entropy is not None else "")
                 + " · click to open")
+        with self._lock:
+            self._crops[neuron] = (crops, note)
+            while len(self._crops) > CROPS_KEPT:
+                self._crops.pop(next(iter(self._crops)))
+        if self.neuron == neuron and not self._closed():
+            self._set_crops(neuron)  # else another neuron was selected meanwhile: its own fill shows it
+
+    def _set_crops(self, neuron: tuple[str, int]) -> None:
+        crops, note = self._crops[neuron]
         self.panel.set_crops(crops, self.names, note)
+        self._shown = neuron
 
     def open(self, crop: Crop) -> None:
         """Show the crop's whole image in the view's overlay, with the selected neuron's map over it."""
@@ -174,7 +269,7 @@ class ExamplesSection:
         from ..core.capture import ActivationCapture
         from ..core.model_state import preserved_state
 
-        with preserved_state(model), torch.no_grad():
+        with hold_model(model), preserved_state(model), torch.no_grad():
             model.eval()
             with ActivationCapture(model, [layer], stop_after_last=True) as rec:
                 rec.forward(image.unsqueeze(0).to(next(model.parameters()).device))

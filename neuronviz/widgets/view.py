@@ -475,6 +475,15 @@ class View(W.VBox):
         """Seconds a run of the current settings would take, estimated from ``outcome`` (default its time)."""
         return outcome.seconds
 
+    def wants_model(self) -> bool:
+        """Whether a run of this view is scheduled (the live pause) or under way, results shown included.
+
+        Background helpers of the view that run the model (data-set examples) give way while it
+        is True, so that a live run neither waits for them nor shares the processor with them.
+        """
+        timer = self._live_timer
+        return (timer is not None and timer.is_alive()) or self._worker.busy
+
     @property
     def live(self) -> bool:
         """Live mode: a change of a setting that needs a run starts one by itself, after a short pause.

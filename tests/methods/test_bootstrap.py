@@ -199,3 +199,19 @@ def test_on_batch_gets_the_scores_of_the_copies_seen_so_far():
     torch.testing.assert_close(seen[-1].correlation["relu2"], final.correlation["relu2"])
     first = nv.score_neurons(net, x, "relu2", n_samples=10, seed=0)
     torch.testing.assert_close(seen[1].precision["relu2"], first.precision["relu2"])
+
+
+def test_with_on_batch_the_first_batch_is_small_and_the_scores_do_not_change():
+    from neuronviz.methods.resampling import FIRST_BATCH
+
+    net = tiny_cnn().eval()
+    x = torch.rand(1, 3, 12, 12)
+    seen: list[int] = []
+    live = nv.score_neurons(net, x, "relu2", n_samples=40, batch_size=16, bootstrap=8, progress=False,
+                            on_batch=lambda p: seen.append(p.n_samples))
+    assert seen == [*range(FIRST_BATCH, 40, 16), 40]  # a small first batch, then full ones
+    plain = nv.score_neurons(net, x, "relu2", n_samples=40, batch_size=16, bootstrap=8, progress=False)
+    for metric in ("correlation", "precision"):
+        torch.testing.assert_close(live.metric(metric)["relu2"], plain.metric(metric)["relu2"], rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(live.replicates[metric]["relu2"], plain.replicates[metric]["relu2"], rtol=1e-6,
+                                   atol=1e-7)
