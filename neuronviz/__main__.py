@@ -1,4 +1,5 @@
-"""Command line: ``neuronviz demo`` draws the input-resampling figure, ``neuronviz layers`` lists layers.
+"""Command line: ``neuronviz demo`` draws the input-resampling figure, ``neuronviz report`` writes the explorer as
+an interactive HTML page, ``neuronviz layers`` lists layers.
 
 Run ``python -m neuronviz --help`` (or ``neuronviz --help``) for the options.
 """
@@ -10,7 +11,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from .core.errors import LayerNotFoundError, NeuronvizError
 
@@ -19,6 +20,9 @@ __all__ = ["main", "build_parser"]
 # neuronviz.core.layer_choice.EFFICIENTNET_LITE0_LAYERS (not imported here: torch loads only when a command runs)
 _DEFAULT_LAYERS = ["blocks.10.expand.act", "blocks.15.depthwise.act"]
 _N_PRINTED = 5
+# nv.demo()'s explorer settings (its layers are the explorer's default for the model: _DEFAULT_LAYERS)
+_REPORT_DEFAULTS: dict[str, Any] = {"image": "cat", "n_samples": 50, "seed": 0, "top_k": 5, "device": "cpu"}
+_PAGE_SUFFIXES = (".html", ".htm")  # neuronviz.render.html.PAGE_SUFFIXES, without importing torch here
 
 
 def _sample_names() -> list[str]:
@@ -64,6 +68,33 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--k", type=int, default=3, help="neurons drawn per layer and metric (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the perturbations (default: %(default)s)")
     demo.add_argument("--device", default="cpu", help="where to compute: cpu, cuda or cuda:N (default: %(default)s)")
+
+    report = sub.add_parser(
+        "report",
+        help="score neurons on a sample photo and write the explorer as one interactive HTML page",
+        description=(
+            "Run the neuron explorer's computation on the default model (EfficientNet-Lite0, ImageNet) and a "
+            "bundled photo, with the defaults of nv.demo(), without Jupyter, and write its view as one "
+            "self-contained HTML page (opens offline in any browser: the scatter with each channel's numbers, "
+            "the overlays of the top neurons, the top-k lists and the settings). With --from, write the page of "
+            "a saved view instead (w.save('run.nvz')), without recomputing."
+        ),
+        epilog="Example: neuronviz report --out report.html --image coffee --samples 50",
+    )
+    report.add_argument("--out", required=True, type=Path, metavar="PATH", help="where to write the page (.html)")
+    report.add_argument("--from", dest="source", type=Path, metavar="RUN.nvz",
+                        help="a saved view (w.save('run.nvz')) to write the page of, instead of computing one")
+    report.add_argument("--image", default=None, metavar="NAME", help=f"bundled sample photo: {samples} (default: cat)")
+    report.add_argument("--layers", nargs="+", default=None, metavar="LAYER",
+                        help=f"layers to score (default: the explorer's, {' '.join(_DEFAULT_LAYERS)})")
+    report.add_argument("--samples", "--n-samples", dest="n_samples", type=int, default=None, metavar="N",
+                        help=f"perturbed copies of the image, at least 3 (default: {_REPORT_DEFAULTS['n_samples']})")
+    report.add_argument("--seed", type=int, default=None,
+                        help=f"seed of the perturbations (default: {_REPORT_DEFAULTS['seed']})")
+    report.add_argument("--k", "--top-k", dest="top_k", type=int, default=None,
+                        help=f"top neurons per layer and criterion (default: {_REPORT_DEFAULTS['top_k']})")
+    report.add_argument("--device", default=None,
+                        help=f"where to compute: cpu, cuda or cuda:N (default: {_REPORT_DEFAULTS['device']})")
 
     layers = sub.add_parser(
         "layers",
@@ -130,6 +161,63 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _saved_view(path: Path):  # noqa: ANN202 - a View, imported lazily
+    """The view saved in ``path``, restored without a model (its panels, not its computation)."""
+    from .widgets import InversionView, NeuronExplorer, PCACEView
+    from .widgets.view import View
+
+    if not callable(getattr(View, "load", None)):
+        raise NeuronvizError(
+            "--from reads a saved view, and this version of neuronviz cannot restore views yet (no View.load); "
+            "run 'neuronviz report --out report.html' without --from to compute the page"
+        )
+    if not path.is_file():
+        raise NeuronvizError(f"--from: no file {str(path)!r}")
+    from .core.archive import read_header
+
+    kind = str(read_header(path).get("type", ""))  # a damaged or foreign file fails here, clearly
+    cls = next((c for c in (NeuronExplorer, PCACEView, InversionView) if c.__name__.lower() in kind.lower()), View)
+    return cls.load(path, model=None)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if out.suffix.lower() not in _PAGE_SUFFIXES:  # fail before the model loads
+        raise NeuronvizError(f"--out must end in .html, got {str(out)!r}")
+    if not out.parent.is_dir():
+        raise NeuronvizError(f"cannot write {str(out)!r}: the folder {str(out.parent)!r} does not exist")
+    computing = {"--image": args.image, "--layers": args.layers, "--samples": args.n_samples, "--seed": args.seed,
+                 "--device": args.device}
+    if args.source is not None:
+        given = [name for name, value in computing.items() if value is not None]
+        if given:
+            raise NeuronvizError(f"--from writes the page of a saved view as it was saved; {', '.join(given)} "
+                                 "apply only when the page is computed (without --from)")
+        view = _saved_view(args.source)
+        if args.top_k is not None:
+            view.top_k = args.top_k
+    else:
+        from .widgets.explorer import NeuronExplorer
+
+        model, x = _load(args.image or _REPORT_DEFAULTS["image"])
+        settings = {name: _REPORT_DEFAULTS[name] if value is None else value
+                    for name, value in (("n_samples", args.n_samples), ("seed", args.seed), ("top_k", args.top_k))}
+        view = NeuronExplorer(model, x, args.layers, autorun=False, live=False,
+                              device=args.device or _REPORT_DEFAULTS["device"], **settings)
+        print(f"scoring {view.n_samples} perturbed copies of {args.image or _REPORT_DEFAULTS['image']!r} "
+              f"({', '.join(view.layers)}) ...", file=sys.stderr)
+        view.run()
+    try:
+        view.wait()
+        if view.status != "done":
+            raise NeuronvizError(f"the run did not finish: {view.error or view.status}")
+        path = view.export(out)
+    finally:
+        view.close()
+    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KB): open it in any browser, no kernel needed")
+    return 0
+
+
 def _run_layers(args: argparse.Namespace) -> int:
     from .core.capture import layer_summary
 
@@ -169,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(None if argv is None else [str(a) for a in argv])
     except SystemExit as exc:  # --help, or argparse's own usage error (already printed)
         return int(exc.code or 0)
-    run = {"demo": _run_demo, "layers": _run_layers}[args.command]
+    run = {"demo": _run_demo, "report": _run_report, "layers": _run_layers}[args.command]
     try:
         return run(args)
     except ValueError as err:  # NeuronvizError and other bad-input errors (device names, ...)

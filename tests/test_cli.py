@@ -1,12 +1,14 @@
-"""The ``neuronviz`` command: demo figure, layer listing, and one-line errors for bad input."""
+"""The ``neuronviz`` command: demo figure, HTML report, layer listing, and one-line errors for bad input."""
 
 from __future__ import annotations
 
 import importlib
+import re
 import subprocess
 import sys
 
 import pytest
+from tiny_nets import tiny_cnn
 
 from neuronviz.__main__ import main
 
@@ -71,7 +73,7 @@ def test_layers_lists_the_default_model_layers(capsys):
 def test_help_exits_0_and_describes_the_commands(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert "demo" in out and "layers" in out
+    assert "demo" in out and "layers" in out and "report" in out
 
 
 def test_demo_help_lists_its_options(capsys):
@@ -90,3 +92,87 @@ def test_python_dash_m_runs_the_command():
     done = subprocess.run([sys.executable, "-m", "neuronviz", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert "usage: neuronviz" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# neuronviz report: the explorer as one HTML page
+
+
+def _has_saved_views() -> bool:
+    from neuronviz.widgets.view import View
+
+    return callable(getattr(View, "load", None)) and callable(getattr(View, "save", None))
+
+
+@pytest.mark.slow
+@needs_default_model
+def test_report_writes_the_explorer_page_with_the_settings_given(tmp_path, capsys):
+    out = tmp_path / "report.html"
+    args = ["--samples", "4", "--seed", "3", "--layers", "blocks.15", "--k", "2"]
+    assert main(["report", "--out", str(out), *args]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>")
+    assert 0 < page.count("class='nv-pt") <= 320  # blocks.15 has 320 channels; NaN scores are not drawn
+    rows = dict(re.findall(r"<tr><th scope='row'>([^<]*)</th><td>([^<]*)</td></tr>", page))
+    assert rows["samples"] == "4" and rows["seed"] == "3" and rows["layers"] == "blocks.15" and rows["top-k"] == "2"
+    assert rows["model"] == "EfficientNetLite0" and rows["target"] == "Egyptian cat (285)"
+    assert not re.search(r"https?:", page)
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_report_refuses_a_non_html_output_before_any_work(tmp_path, capsys):
+    assert main(["report", "--out", str(tmp_path / "report.png")]) == 2
+    err = capsys.readouterr().err
+    assert ".html" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_from_refuses_the_options_that_compute(tmp_path, capsys):
+    code = main(["report", "--from", str(tmp_path / "run.nvz"), "--out", str(tmp_path / "r.html"), "--samples", "4"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--samples" in err and "--from" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(_has_saved_views(), reason="views can be saved: the page of a saved view is tested instead")
+def test_report_from_says_saved_views_cannot_be_read_yet(tmp_path, capsys):
+    assert main(["report", "--from", str(tmp_path / "run.nvz"), "--out", str(tmp_path / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "View.load" in err and "without --from" in err and "Traceback" not in err
+    assert not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.skipif(not _has_saved_views(), reason="View.save / View.load are not there yet")
+def test_report_from_a_saved_view_writes_its_page_without_a_model(tmp_path, capsys):
+    import torch
+
+    from neuronviz.widgets import NeuronExplorer
+
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    w = NeuronExplorer(tiny_cnn(), x, ["conv1", "conv2"], n_samples=6, top_k=2)
+    try:
+        w.wait(60)
+        assert w.status == "done", w.error
+        w.save(tmp_path / "run.nvz")
+        direct = w.export(tmp_path / "direct.html").read_text(encoding="utf-8")
+    finally:
+        w.close()
+    out = tmp_path / "report.html"
+    assert main(["report", "--from", str(tmp_path / "run.nvz"), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert page.count("class='nv-pt") == direct.count("class='nv-pt") == 10
+
+
+def test_report_from_a_missing_or_damaged_file_exits_2(tmp_path, capsys):
+    bad = tmp_path / "run.nvz"
+    bad.write_bytes(b"not an archive")
+    for source in (tmp_path / "absent.nvz", bad):
+        assert main(["report", "--from", str(source), "--out", str(tmp_path / "r.html")]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_report_help_lists_its_options(capsys):
+    assert main(["report", "--help"]) == 0
+    out = capsys.readouterr().out
+    for option in ("--out", "--from", "--image", "--layers", "--samples", "--seed", "--k", "--device"):
+        assert option in out
