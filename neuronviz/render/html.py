@@ -726,8 +726,8 @@ def _loss_svg(stage1: np.ndarray, stage2: np.ndarray) -> str:
         out.append(f"<line class='nv-axis' x1='{ax}' y1='{top}' x2='{ax}' y2='{top + ph}' style='stroke:{colour}'/>")
         for t in _nice_ticks(lo, hi, 4):
             y = top + ph - (t - lo) / (hi - lo) * ph
-            out.append(f"<text x='{ax + dx}' y='{y + 3:.1f}' text-anchor='{anchor}' style='fill:{colour}'>{t:.3g}"
-                       "</text>")
+            out.append(f"<text x='{ax + dx}' y='{y + 3:.1f}' text-anchor='{anchor}' style='fill:{colour}'>"
+                       f"{_tick_text(float(f'{t:.3g}'))}</text>")
         pts = " ".join(f"{left + (first + j - 1) / max(1, steps - 1) * pw:.1f},"
                        f"{top + ph - (float(v[j]) - lo) / (hi - lo) * ph:.1f}" for j in range(v.size) if ok[j])
         stage = i + 1
