@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.archive import archived
 from ..core.errors import NeuronvizError
 from ..core.layer_choice import default_layers
 from ..core.model_state import resolve_device
@@ -65,6 +66,7 @@ class ExplorerSettings:
     layers: tuple = setting(None, Layers(), control="layers", css="nv-layers", group=2)
 
 
+@archived("ExplorerResult")
 @dataclass
 class ExplorerResult:
     """What a run gives the panels: the scores, the clean maps, a few copies and their maps.
@@ -188,6 +190,9 @@ class NeuronExplorer(View):
     css = "nv-explorer"
     export_name = "explorer.png"
     live_auto = True
+    saved_attributes = ("x", "image", "_picture")  # what save() keeps besides the settings and the result
+    unsaved_attributes = {"_example_source": None}
+    saved_widgets = ("overlay.opacity",)
 
     def __init__(self, model: nn.Module, image: torch.Tensor, layers: Sequence[str] | str | None = None, *,
                  autorun: bool = True, image_display: Any = None, examples: Any = None, **settings: Any) -> None:
@@ -275,7 +280,7 @@ class NeuronExplorer(View):
                 f"perturbation, seed {out.settings.seed}"
             )
         return (
-            f"<div style='font-size:14px'><b>Neuron explorer</b> · {html.escape(type(self.model).__name__)}{run}</div>"
+            f"<div style='font-size:14px'><b>Neuron explorer</b> · {html.escape(self.model_name)}{run}</div>"
             f"<div style='font-size:11px;color:#555'>predicted: {html.escape(names.name(names.predicted))}, "
             f"p = {names.probabilities[names.predicted]:.2f} · each channel's correlation with the output against "
             "its activation precision over perturbed copies (Lengerich et al. 2017)</div>"

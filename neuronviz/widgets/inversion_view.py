@@ -242,6 +242,7 @@ class InversionView(View):
     title = "Inversion"
     css = "nv-inversion"
     export_name = "inversion.png"
+    saved_attributes = ("x", "picture", "image", "n_classes", "_layers", "_model_delta")  # what save() keeps besides the result
     _followed: dict[str, Any]  # the values the recipe set, to tell them from the user's
 
     def __init__(self, model: nn.Module, image: torch.Tensor, *, autorun: bool = True, image_display: Any = None,
@@ -254,6 +255,7 @@ class InversionView(View):
         self.probe(model, self.x)
         self.n_classes = self.classes.n_classes
         self._layers = inversion_layers(model, self.summary, self.x)
+        self._model_delta = default_inversion_delta(model)  # the paper recipe's delta for this model
         super().__init__(model, autorun=autorun, **settings)
 
     def default_for(self, name: str) -> Any:
@@ -274,7 +276,7 @@ class InversionView(View):
         """
         steps1, steps2, gamma, loss = recipe_defaults(recipe, None, None, None, None)
         authors = recipe == "authors"
-        delta = AUTHORS["delta"] if authors else default_inversion_delta(self.model)
+        delta = AUTHORS["delta"] if authors else self._model_delta
         mask_layer, feature_layer = self._layers
         return {"stage1_steps": steps1, "stage2_steps": steps2, "gamma": gamma, "loss": loss, "delta": delta,
                 "mask_layer": feature_layer if authors else mask_layer, "feature_layer": feature_layer}
@@ -363,7 +365,7 @@ class InversionView(View):
         """The method's name, the model and its prediction."""
         predicted = self.classes.predicted
         return (
-            f"<div style='font-size:14px'><b>Guided feature inversion</b> · {html.escape(type(self.model).__name__)}"
+            f"<div style='font-size:14px'><b>Guided feature inversion</b> · {html.escape(self.model_name)}"
             f"</div><div style='font-size:11px;color:#555'>predicted: {html.escape(self.classes.name(predicted))}, "
             f"p = {self.classes.probabilities[predicted]:.2f} · stage 1 keeps what reproduces the image's features, "
             "stage 2 the part that the target class needs (Du et al. 2018)</div>"

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..core.archive import archived
 from ..core.errors import NeuronvizError
 from ..core.layer_choice import pcace_default_layers
 from ..core.locks import hold_model
@@ -53,6 +54,7 @@ class PCACESettings:
     device: str = setting(None, Device(), control="device", label="device", css="nv-device")
 
 
+@archived("PCACEResult")
 @dataclass
 class PCACEResult:
     """A finished run: the ranking and, per ranked layer, the (n_shown, C, h, w) maps of the shown images."""
@@ -167,6 +169,9 @@ class PCACEView(View):
     title = "PCACE"
     css = "nv-pcace"
     export_name = "pcace.png"
+    saved_attributes = ("images", "n_shown", "batch_size", "pictures")  # what save() keeps besides the result
+    unsaved_attributes = {"_ranking": None, "_shown_layer": None, "_quiet": False}
+    saved_widgets = ("opacity", "export_part")
 
     def __init__(self, model: nn.Module, images: torch.Tensor, layers: Sequence[str] | str | None = None, *,
                  target: int | None = None, n_components: int = 1, top_k: int = 3, n_shown: int = 3,
@@ -407,7 +412,7 @@ class PCACEView(View):
         few = (f" · <span style='color:#a05a00'>{n} images: fewer than {_FEW_IMAGES} make the scores noisy</span>"
                if n < _FEW_IMAGES else "")
         best = self.classes.predicted
-        return (f"<div style='font-size:14px'><b>PCACE</b> · {html.escape(type(self.model).__name__)}{run}</div>"
+        return (f"<div style='font-size:14px'><b>PCACE</b> · {html.escape(self.model_name)}{run}</div>"
                 f"<div style='font-size:11px;color:#555'>most probable over the images: "
                 f"{html.escape(self.classes.name(best))}, mean p = {self.classes.probabilities[best]:.2f}"
                 f" · each channel's maximal correlation between the principal components of its maps and the class "

@@ -42,11 +42,15 @@ from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
 import ipywidgets as W
+import torch
 import traitlets
 from torch import nn
 
-from ..core.capture import LayerSummary, layer_summary
-from ..core.errors import NeuronvizError
+from ..core.archive import archived, weights_fingerprint
+from ..core.archive import read as read_archive
+from ..core.archive import save as save_archive
+from ..core.capture import LayerInfo, LayerSummary, layer_summary
+from ..core.errors import NeuronvizError, NeuronvizTypeError
 from ..core.locks import hold_model
 from ..core.model_state import model_device
 from ..core.targets import check_class_output
@@ -59,7 +63,7 @@ from .panels import ExportRow, RunBar
 from .pictures import figure_png
 from .settings import Setting, control_value, fields_of, make_control, settings_panel, show_value
 
-__all__ = ["View", "Outcome", "check_dpi"]
+__all__ = ["View", "Outcome", "SavedView", "check_dpi"]
 
 #: DPI of the static picture beside a widget in its display data.
 STATIC_DPI = 60
@@ -79,6 +83,33 @@ class Outcome:
     result: Any
     seconds: float
     warnings: list[str] = field(default_factory=list)
+
+
+@archived("View")
+@dataclass
+class SavedView:
+    """What :meth:`View.save` writes: the view's class, settings, last result and inputs, as data.
+
+    ``values`` are the settings of the next run, ``run_settings`` those the result was computed
+    with; ``attributes`` the inputs the view's constructor kept (:attr:`View.saved_attributes`:
+    the image, its picture), ``widgets`` the values of :attr:`View.saved_widgets`; ``layers``,
+    ``probe_output`` and ``probabilities`` what :meth:`View.probe` found.
+    """
+
+    view: str
+    model_class: str
+    fingerprint: str | None
+    values: dict[str, Any]
+    run_settings: dict[str, Any]
+    result: Any
+    seconds: float
+    warnings: list[str]
+    selected: Any
+    attributes: dict[str, Any]
+    widgets: dict[str, Any]
+    layers: list[LayerInfo] | None = None
+    probe_output: Any = None
+    probabilities: list[float] | None = None
 
 
 class View(W.VBox):
@@ -124,6 +155,14 @@ class View(W.VBox):
     live_auto: ClassVar[bool] = False
     live_toggle: W.Checkbox
     _live_auto: bool
+    #: What a saved view keeps besides its settings and result (:meth:`save`): the attributes its
+    #: constructor sets from its inputs (the image, its picture), the attributes a loaded view
+    #: starts with instead (inputs that are not data, such as a data loader), and the widgets
+    #: (attribute paths, e.g. ``"overlay.opacity"``) whose value is kept.
+    saved_attributes: ClassVar[tuple[str, ...]] = ()
+    unsaved_attributes: ClassVar[dict[str, Any]] = {}
+    saved_widgets: ClassVar[tuple[str, ...]] = ()
+    _loaded_from: tuple[str, str, str | None] | None = None  # (file name, model class, fingerprint)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -149,7 +188,11 @@ class View(W.VBox):
         before = _instances()
         self._fields = fields_of(self.Settings)
         self._values: dict[str, Any] = {}
-        self._check_values(values)
+        restored = self.__dict__.pop("_restored_values", None)  # View.load: values checked when saved
+        if restored is None:
+            self._check_values(values)
+        else:
+            self._values = restored
         self.controls: dict[str, W.Widget] = {}
         for name, (_default, meta) in self._fields.items():
             if meta.control is not None:
@@ -201,7 +244,14 @@ class View(W.VBox):
 
     def header_html(self) -> str:
         """The HTML of the header line."""
-        return f"<b>{self.title}</b> · {type(self.model).__name__}"
+        return f"<b>{self.title}</b> · {self.model_name}"
+
+    @property
+    def model_name(self) -> str:
+        """The model's class name (of a view loaded without its model: the one it was made with)."""
+        if self.model is None and self._loaded_from is not None:
+            return self._loaded_from[1]
+        return type(self.model).__name__
 
     def done_text(self, outcome: Outcome) -> str:
         """The status line after a run."""
@@ -252,9 +302,7 @@ class View(W.VBox):
                 raise
             except RuntimeError as err:
                 raise NeuronvizError(f"the model failed on the input {tuple(x.shape)}: {err}") from err
-        self.summary = summary
-        self.layer_names = [i.name for i in summary]
-        self.layer_options = [(f"{i.name}  {tuple(i.shape)}", i.name) for i in summary]
+        self._use_summary(summary)
         if classify:
             output = getattr(summary, "output", None)
             if output is None:  # an older summary without the probe's output
@@ -276,6 +324,11 @@ class View(W.VBox):
                 probs = torch.softmax(scores.detach().double().mean(0), 0)
             self.classes = ClassChoices(probs)
         return summary
+
+    def _use_summary(self, summary: LayerSummary) -> None:
+        self.summary = summary
+        self.layer_names = [i.name for i in summary]
+        self.layer_options = [(f"{i.name}  {tuple(i.shape)}", i.name) for i in summary]
 
     # ------------------------------------------------------------------ settings
 
@@ -366,8 +419,11 @@ class View(W.VBox):
         Raises
         ------
         NeuronvizError
-            A setting that cannot run (for example no layer picked).
+            A setting that cannot run (for example no layer picked), or a view loaded without
+            its model.
         """
+        if self.model is None:
+            raise NeuronvizError(self._no_model_reason())
         with self.lock:
             settings = self.current_settings()
             job = self._worker.submit(lambda job: self._work(job, settings), on_progress=self._progress,
@@ -645,6 +701,147 @@ class View(W.VBox):
     def _export_from_row(self, name: str) -> Path:
         return self.export(name, **self.export_options())
 
+    # ------------------------------------------------------------------ saving and loading
+
+    def save(self, path: str | Path) -> Path:
+        """Save the view: its class, settings, last result and inputs, in a file :meth:`load` restores.
+
+        The file is an npz with a JSON header (:mod:`neuronviz.core.archive`: no pickle), with
+        the model's class name and weights fingerprint; the model itself is not saved.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The file, e.g. ``"run.nvz"`` (written as given).
+
+        Returns
+        -------
+        pathlib.Path
+
+        Raises
+        ------
+        NeuronvizError
+            No run has finished yet, or the result holds something that is not data.
+        """
+        with self.lock:
+            outcome = self.outcome
+            if outcome is None:
+                raise NeuronvizError("nothing to save yet: the first run has not finished (call w.wait() first)")
+            summary, classes = getattr(self, "summary", None), getattr(self, "classes", None)
+            output = getattr(summary, "output", None)
+            state = SavedView(
+                view=type(self).__name__, model_class=self.model_name, fingerprint=None, values=dict(self._values),
+                run_settings={n: getattr(outcome.settings, n) for n in fields_of(type(outcome.settings))},
+                result=outcome.result, seconds=outcome.seconds, warnings=list(outcome.warnings),
+                selected=self.selected, attributes={n: getattr(self, n) for n in self.saved_attributes},
+                widgets={n: _widget_at(self, n).value for n in self.saved_widgets},
+                layers=None if summary is None else list(summary),
+                probe_output=output if isinstance(output, torch.Tensor) else None,
+                probabilities=None if classes is None else [classes.probabilities[c] for c in range(classes.n_classes)],
+            )
+        # the weights are read outside the view's lock: a run holds the model, never changes its weights
+        state.fingerprint = (weights_fingerprint(self.model) if self.model is not None
+                             else None if self._loaded_from is None else self._loaded_from[2])
+        record = {"class": state.model_class, "fingerprint": state.fingerprint}
+        return save_archive(path, state, settings={"view": state.view, **state.run_settings}, model_record=record)
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> "View":
+        """A view saved with :meth:`save`, its panels showing the saved result, without running the model.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The file.
+        model : torch.nn.Module, optional
+            The model the file was made with (same weights, checked by fingerprint): the view
+            can then run again. Without it the view shows and exports the saved result; Run is
+            disabled.
+
+        Returns
+        -------
+        View
+            An instance of the saved view's class (``nv.View.load`` accepts any).
+
+        Raises
+        ------
+        NeuronvizError
+            The file is not a saved view of this class, is damaged or from a newer version, or
+            ``model``'s weights fingerprint differs from the one the file was made with.
+        """
+        name = Path(path).name
+        state, header = read_archive(path)
+        if not isinstance(state, SavedView):
+            raise NeuronvizError(f"{name} holds a {header.get('type')}, not a saved view; nv.load(path) reads it")
+        found = _view_class(state.view)
+        if found is None:
+            raise NeuronvizError(f"{name} holds a saved {state.view}, a view this neuronviz does not have")
+        if not issubclass(found, cls):
+            raise NeuronvizError(f"{name} holds a saved {state.view}, not a {cls.__name__}: load it with "
+                                 f"{state.view}.load(path)")
+        if model is not None:
+            if not isinstance(model, nn.Module):
+                raise NeuronvizTypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+            mine = weights_fingerprint(model)
+            if state.fingerprint is not None and mine != state.fingerprint:
+                other = (f"a {type(model).__name__}, not a {state.model_class}" if type(model).__name__ !=
+                         state.model_class else f"a {state.model_class} with other weights")
+                raise NeuronvizError(
+                    f"the model does not match {name}: its weights fingerprint {mine[:19]}… differs from the file's "
+                    f"{state.fingerprint[:19]}…; the file was made with a {state.model_class}, this is {other}. Pass "
+                    "the model it was made with, or model=None to show the saved result without running")
+        view = found.__new__(found)
+        view._restore(state, model, name)
+        return view
+
+    def _restore(self, state: SavedView, model: nn.Module | None, name: str) -> None:
+        for attribute, value in {**state.attributes, **self.unsaved_attributes}.items():
+            setattr(self, attribute, value)
+        self.model = model  # type: ignore[assignment]  # None: a view that shows a saved result only
+        self._loaded_from = (name, state.model_class, state.fingerprint)
+        if state.layers is not None:
+            summary = LayerSummary(state.layers)
+            summary.output = state.probe_output
+            self._use_summary(summary)
+        if state.probabilities is not None:
+            self.classes = ClassChoices(state.probabilities)
+        values, fields = dict(state.values), fields_of(self.Settings)
+        if model is not None and "device" in values:  # the saved device may not be here; then the model's
+            try:
+                values["device"] = fields["device"][1].rule(values["device"], "device", self)
+            except NeuronvizError:
+                values["device"] = model_device(model).type
+        self._restored_values = {n: values.get(n, default) for n, (default, _meta) in fields.items()}
+        View.__init__(self, model, autorun=False)  # type: ignore[arg-type]
+        for path, value in state.widgets.items():
+            _widget_at(self, path).value = value
+        ran = self.Settings(**{n: v for n, v in state.run_settings.items() if n in fields})
+        outcome = Outcome(ran, state.result, state.seconds, list(state.warnings))
+        with self.lock:
+            self.outcome = outcome
+            self.show(state.result)
+            if state.selected is not None and state.selected != self.selected:
+                try:
+                    self.selected = state.selected
+                except NeuronvizError:
+                    pass  # the saved selection is not in the result: the view's own choice stays
+            self.warnings = list(outcome.warnings)
+            self._view_version += 1
+            self._update_header()
+            note = "" if model is not None else " · no model: Run is off"
+            self.run_bar.finished("done", f"loaded from {name} · {self.done_text(outcome)}{note}")
+            self.run_bar.show_warnings(self.warnings)
+            if model is None:
+                self.run_bar.run_button.disabled = True
+                self.run_bar.run_button.tooltip = self._no_model_reason()
+                self.live_toggle.disabled = True
+            self.status = "done"
+
+    def _no_model_reason(self) -> str:
+        name, model_class, _fp = self._loaded_from or ("a file", "?", None)
+        return (f"this {type(self).__name__} was loaded from {name} without its model, so it cannot run; "
+                f"{type(self).__name__}.load(path, model=...) with the {model_class} it was made with runs it again")
+
     # ------------------------------------------------------------------ display
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
@@ -720,6 +917,24 @@ def _setting_property(name: str) -> property:
         self._set(name, value)
 
     return property(get, put, doc=f"The setting ``{name}`` (validated when set; the control follows).")
+
+
+def _widget_at(view: View, path: str) -> Any:
+    target: Any = view
+    for part in path.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def _view_class(name: str) -> type[View] | None:
+    """The subclass of :class:`View` called ``name`` (views register by being defined; nothing is imported)."""
+    stack: list[type[View]] = [View]
+    while stack:
+        cls = stack.pop()
+        if cls.__name__ == name:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return None
 
 
 def check_dpi(dpi: object) -> int:

@@ -14,11 +14,11 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 import torch
+from tiny_nets import tiny_cnn
 
 import neuronviz as nv
 from neuronviz.core import archive
 from neuronviz.core.archive import FORMAT_VERSION, weights_fingerprint
-from tiny_nets import tiny_cnn
 
 
 def _image(seed: int = 1) -> torch.Tensor:
@@ -133,7 +133,8 @@ def test_values_keep_their_types_dtypes_order_and_aliasing(tmp_path):
     t = torch.tensor([1.0, float("nan"), -0.0, float("inf")])
     value = {
         "t": t, "same": t, "b": torch.tensor([True, False]), "h": torch.randn(3).half(),
-        "bf": torch.randn(4).bfloat16(), "i": torch.arange(5, dtype=torch.int16), "c": torch.randn(2, dtype=torch.cfloat),
+        "bf": torch.randn(4).bfloat16(), "i": torch.arange(5, dtype=torch.int16),
+        "c": torch.randn(2, dtype=torch.cfloat),
         "0d": torch.tensor(3.5), "empty": torch.zeros(0, 4), "view": torch.arange(12.0).reshape(3, 4)[:, 1],
         "np": np.array([[1, 2]], dtype=np.uint8), "npb": np.array([True]), "np32": np.float32(2.5), "npi": np.int64(7),
         "floats": [math.nan, math.inf, -math.inf, -0.0, 1e-310], "tuple": (1, "a", None), 3: "int key",
