@@ -21,7 +21,9 @@ from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Rectangle
 
 from ..core.errors import NeuronvizError
+from ..methods.faithfulness import FaithfulnessCurves
 from ..methods.resampling import NeuronScores, overlap
+from .faithfulness import draw_curves
 from .figure import FONT_SIZES as _FS
 from .figure import StaticFigure, check_display_image, check_path, save
 from .formatting import format_score
@@ -167,6 +169,11 @@ class ExplorerView:
         Per layer, (n, C, h, w) maps of ``samples``, to show the selected neuron on them.
     n_classes : int or None
         The model's number of classes (1000 names the ImageNet class).
+    curves : FaithfulnessCurves or None
+        The deletion curves of the shown layers (:func:`neuronviz.deletion_curve`), drawn in a
+        row below when given.
+    knockout : tuple (str, float, float) or None
+        The knock-out shown: what was knocked out, the output before and after.
     """
 
     scores: NeuronScores
@@ -179,6 +186,8 @@ class ExplorerView:
     sample_indices: list[int] = field(default_factory=list)
     sample_maps: dict[str, torch.Tensor] | None = None
     n_classes: int | None = None
+    curves: FaithfulnessCurves | None = None
+    knockout: tuple[str, float, float] | None = None
 
 
 def _selected_map(view: ExplorerView) -> torch.Tensor | None:
@@ -343,6 +352,27 @@ def _draw_strip(sf: SubFigure, view: ExplorerView) -> None:
     sf.suptitle("perturbed copies" + (" with the neuron's map" if spatial else ""), fontsize=_FS["head"])
 
 
+def _draw_evidence(sf: SubFigure, view: ExplorerView) -> None:
+    """The knock-out's output before and after, and each layer's deletion curves, in one row."""
+    groups = view.curves.groups if view.curves is not None else []
+    axes = sf.subplots(1, len(groups) + (view.knockout is not None), squeeze=False)[0]
+    if view.knockout is not None:
+        ax, axes = axes[0], axes[1:]
+        ax.set_label("knockout")
+        what, before, after = view.knockout
+        bars = ax.bar([0, 1], [before, after], color=["0.55", "#d62728"], width=0.6)
+        for bar, v in zip(bars, (before, after)):
+            ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.3g}", ha="center",
+                    va="bottom" if v >= 0 else "top", fontsize=_FS["cell"])
+        ax.set_xticks([0, 1], ["before", "knocked out"], fontsize=_FS["cell"])
+        ax.set_ylabel("output", fontsize=_FS["label"])
+        ax.tick_params(labelsize=_FS["cell"])
+        ax.set_title(f"knock-out: {what}", fontsize=_FS["head"])
+    if view.curves is not None:
+        for ax, group in zip(axes, groups):
+            draw_curves(ax, view.curves, group, title=f"{view.curves.mode} curves · {group}")
+
+
 def render_explorer(
     view: ExplorerView,
     *,
@@ -355,8 +385,10 @@ def render_explorer(
     Top row: the image with the selected neuron's map over it and a box on the map's
     strongest cell (see :func:`cell_box`); every channel's correlation against precision (the
     selected neuron starred); each layer's top-``k`` by correlation and by precision as ranked
-    bars, red where both metrics chose the neuron. Bottom row: the selected neuron's
+    bars, red where both metrics chose the neuron. Second row: the selected neuron's
     activation against the output over the perturbed copies, and a few copies with its map.
+    With ``view.knockout`` or ``view.curves``, a third row: the output before and after the
+    knock-out, and each layer's deletion curves against random rankings.
 
     Parameters
     ----------
@@ -394,8 +426,11 @@ def render_explorer(
 
     n_layers = len(scores.layers)
     top_h = max(4.2, 1.25 * n_layers * max(1.0, view.k / 4) + 1.2)
-    fig = StaticFigure(figsize=(16.5, top_h + 3.6), dpi=dpi, layout="constrained")
-    top, bottom = fig.subfigures(2, 1, height_ratios=[top_h, 3.6], hspace=0.02)  # type: ignore[misc]
+    evidence = 3.4 if view.curves is not None or view.knockout is not None else 0.0  # the third row's height
+    fig = StaticFigure(figsize=(16.5, top_h + 3.6 + evidence), dpi=dpi, layout="constrained")
+    rows = list(fig.subfigures(2 + bool(evidence), 1, height_ratios=[top_h, 3.6] + [evidence] * bool(evidence),
+                               hspace=0.02))  # type: ignore[arg-type]
+    top, bottom = rows[0], rows[1]
     sf_img, sf_sc, sf_sel = top.subfigures(1, 3, width_ratios=[3.6, 7.4, 5.5], wspace=0.01)
     sf_det, sf_strip = bottom.subfigures(1, 2, width_ratios=[5.0, 11.5], wspace=0.01)
 
@@ -406,6 +441,8 @@ def render_explorer(
     _draw_selections(sf_sel, view)
     _draw_detail(sf_det, view)
     _draw_strip(sf_strip, view)
+    if evidence:
+        _draw_evidence(rows[2], view)
 
     seed_text = f", seed {scores.seed}" if scores.perturbation is not None else ""
     fig.suptitle(

@@ -10,7 +10,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ..core.errors import NeuronvizError, NeuronvizTypeError
+from ..methods.faithfulness import FaithfulnessCurves
 from ..methods.inversion import InversionResult
+from .faithfulness import draw_curves
 from .figure import FONT_SIZES, StaticFigure, check_display_image, check_path, class_label, save
 
 __all__ = ["render_inversion"]
@@ -22,12 +24,15 @@ def render_inversion(
     *,
     pictures: Sequence[np.ndarray] | None = None,
     categories: list[str] | None = None,
+    curves: FaithfulnessCurves | Sequence[FaithfulnessCurves] | None = None,
     path: str | Path | None = None,
     dpi: int = 150,
 ) -> Figure:
     """Draw each explained image with its class-agnostic (stage 1) and class-discriminative (stage 2) mask.
 
-    The figure is drawn from the result and the images only: nothing here runs a model.
+    With ``curves``, the mask's deletion and insertion curves (:func:`neuronviz.mask_deletion_curve`)
+    in a row below. The figure is drawn from the result and the images only: nothing here
+    runs a model.
 
     Parameters
     ----------
@@ -41,6 +46,8 @@ def render_inversion(
         per mask or one for all (for models normalised otherwise, as a view draws them).
     categories : list of str, optional
         Class names for the titles (default: ImageNet names for 1000-class targets).
+    curves : FaithfulnessCurves or sequence of them, optional
+        Curves of the mask's pixels (e.g. deletion and insertion), one panel each.
     path : str or pathlib.Path, optional
         Also save the figure there (``.png``, ``.svg`` or ``.pdf``).
     dpi : int
@@ -71,10 +78,18 @@ def render_inversion(
             f"{len(images)} image(s) of {sorted(sizes)} do not match {masks.shape[0]} mask(s) of "
             f"{tuple(masks.shape[-2:])}: pass the images that were explained"
         )
+    several = [] if curves is None else [curves] if isinstance(curves, FaithfulnessCurves) else list(curves)
     rows = masks.shape[0]
     aspect = masks.shape[-2] / masks.shape[-1]  # panels keep the images' shape
-    fig = StaticFigure(figsize=(7.5, rows * (2.5 * aspect + 0.45) + 0.4), dpi=dpi, layout="constrained")
-    axes = np.atleast_2d(fig.subplots(rows, 3))
+    height = rows * (2.5 * aspect + 0.45) + 0.4
+    fig = StaticFigure(figsize=(7.5, height + (3.0 if several else 0.0)), dpi=dpi, layout="constrained")
+    if several:
+        top, bottom = fig.subfigures(2, 1, height_ratios=[height, 3.0])  # type: ignore[misc]
+        axes = np.atleast_2d(top.subplots(rows, 3))
+        for ax, one in zip(np.atleast_1d(bottom.subplots(1, len(several))), several):
+            draw_curves(ax, one, title=f"{one.mode} of the stage-2 mask")
+    else:
+        axes = np.atleast_2d(fig.subplots(rows, 3))
     for b in range(rows):
         img = images[b]
         c = result.target[b]

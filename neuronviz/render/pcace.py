@@ -13,7 +13,9 @@ import torch
 from matplotlib.figure import Figure
 
 from ..core.errors import NeuronvizError, NeuronvizTypeError
+from ..methods.faithfulness import FaithfulnessCurves
 from ..methods.pcace import LayerRanking, PCACEScores
+from .faithfulness import draw_curves
 from .figure import FONT_SIZES, StaticFigure, check_path, class_label, save
 from .formatting import format_score
 from .maps import upsample_map
@@ -58,14 +60,16 @@ def render_pcace_maps(
     *,
     k: int = 3,
     n_classes: int | None = None,
+    curves: FaithfulnessCurves | None = None,
     path: str | Path | None = None,
     dpi: int = 150,
 ) -> Figure:
     """Draw a layer's PCACE scores and the given maps of its top-``k`` and bottom-``k`` channels.
 
-    Left, every channel's score in rank order with the top and bottom channels marked;
-    right, one row per picture: the picture, then the activation maps of the top channels
-    (green titles) and of the bottom channels (grey titles) over it.
+    Left, every channel's score in rank order with the top and bottom channels marked (and,
+    with ``curves``, the layer's deletion curve below it); right, one row per picture: the
+    picture, then the activation maps of the top channels (green titles) and of the bottom
+    channels (grey titles) over it.
 
     Parameters
     ----------
@@ -80,6 +84,9 @@ def render_pcace_maps(
         Top and bottom channels shown.
     n_classes : int, optional
         The model's number of classes (1000 names the ImageNet class in the title).
+    curves : FaithfulnessCurves, optional
+        The layer's deletion (or insertion) curves, e.g. of the PCACE ranking against random
+        ones (:func:`neuronviz.deletion_curve`), drawn under the scores.
     path : str or pathlib.Path, optional
         Also save the figure there (``.png``, ``.svg`` or ``.pdf``).
     dpi : int
@@ -92,8 +99,8 @@ def render_pcace_maps(
     Raises
     ------
     NeuronvizError
-        ``k`` below 1, no picture, an unsupported suffix, or maps whose channel or picture count
-        does not match the scores and pictures.
+        ``k`` below 1, no picture, an unsupported suffix, maps whose channel or picture count
+        does not match the scores and pictures, or curves without this layer.
     """
     path = check_path(path)
     if k < 1:
@@ -107,15 +114,21 @@ def render_pcace_maps(
         raise NeuronvizError(
             f"{maps.shape[0]} maps but {len(pictures)} pictures; give one picture per map (at least one)"
         )
+    if curves is not None and result.layer not in curves.groups:
+        raise NeuronvizError(f"the curves are of {curves.groups}, not of layer {result.layer!r}: draw this layer's")
     k = min(k, result.scores.numel())
     top, bottom = result.top(k), result.bottom(k)
 
     cols = 1 + 2 * k
-    fig = StaticFigure(figsize=(4.2 + 1.35 * cols, max(3.2, 1.35 * len(pictures) + 0.9)), dpi=dpi,
-                       layout="constrained")
+    fig = StaticFigure(figsize=(4.2 + 1.35 * cols, max(3.2 if curves is None else 6.4, 1.35 * len(pictures) + 0.9)),
+                       dpi=dpi, layout="constrained")
     left, right = np.asarray(fig.subfigures(1, 2, width_ratios=[4.2, 1.35 * cols], wspace=0.02)).ravel()
 
-    ax = left.subplots()
+    if curves is None:
+        ax = left.subplots()
+    else:
+        ax, below = left.subplots(2, 1)
+        draw_curves(below, curves, result.layer, title=f"{curves.mode} curve of {result.layer}")
     ranked = result.scores[result.ranking].numpy()
     ax.plot(np.arange(len(ranked)), ranked, color="0.3", lw=1.2)
     ax.scatter(np.arange(k), ranked[:k], color=TOP_COLOUR, zorder=3, label=f"top {k}")

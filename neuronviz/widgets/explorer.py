@@ -405,6 +405,7 @@ class NeuronExplorer(View):
             scores=r.scores, maps=r.maps, image=self.image, selected=self.selected, k=self.top_k,
             opacity=float(self.overlay.opacity.value), samples=np.stack(r.samples) if r.samples else None,
             sample_indices=list(r.sample_indices), sample_maps=r.sample_maps, n_classes=self.classes.n_classes,
+            curves=self.knockouts.current_curves(), knockout=self.knockouts.effect,
         )
 
     def draw(self, record: ExplorerView, *, dpi: int, path: Path | None = None) -> Any:

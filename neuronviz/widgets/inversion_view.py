@@ -377,7 +377,8 @@ class InversionView(View):
         """The result, the picture as drawn here and the class names: what :func:`render_inversion` takes."""
         assert self.outcome is not None  # the base asks for a snapshot only once a run finished
         names = self.classes.names or [f"class {i}" for i in range(self.n_classes)]
-        return {"result": self.outcome.result, "pictures": [self.picture], "categories": names}
+        return {"result": self.outcome.result, "pictures": [self.picture], "categories": names,
+                "curves": self.faithfulness.curves}  # the mask's deletion and insertion curves, once computed
 
     def draw(self, record: dict[str, Any], *, dpi: int, path: Path | None = None) -> Any:
         """:func:`neuronviz.render_inversion` of a :meth:`snapshot`."""

@@ -18,6 +18,7 @@ from ..core.errors import NeuronvizError
 from ..core.layer_choice import pcace_default_layers
 from ..core.locks import hold_model
 from ..core.validation import check_batch
+from ..methods.faithfulness import FaithfulnessCurves
 from ..methods.pcace import MIN_IMAGES, LayerRanking, PCACEScores, mean_probabilities, rank_layers, shown_maps
 from ..render.formatting import format_score
 from ..render.html import pcace_page
@@ -76,6 +77,7 @@ class PCACEFigure:
     n_classes: int
     channel: int | None = None  # the selected channel of the shown layer
     layer_maps: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # every ranked layer's, for a page
+    curves: FaithfulnessCurves | None = None  # the shown layer's deletion curve, once computed
 
 
 class PCACEView(View):
@@ -433,15 +435,17 @@ class PCACEView(View):
         if part not in PARTS or options:
             raise NeuronvizError(f"part must be one of {PARTS} (the only option here), got {part!r} {options or ''}")
         layer, channel = self._neuron()
+        curves = self.faithfulness.curves  # drawn once computed for the shown layer
         return PCACEFigure(part, self._ranked(), layer, self._maps(layer), self.pictures, self.top_k,
-                           self.classes.n_classes, channel, {la: self._maps(la) for la in self._ranked().layers})
+                           self.classes.n_classes, channel, {la: self._maps(la) for la in self._ranked().layers},
+                           curves=curves if isinstance(curves, FaithfulnessCurves) and layer in curves.groups else None)
 
     def draw(self, record: PCACEFigure, *, dpi: int, path: Path | None = None) -> Any:
         """``record`` drawn by :func:`~neuronviz.render.pcace.render_pcace_maps` or ``render_layer_ranking``."""
         if record.part == "ranking":
             return render_layer_ranking(record.ranking, path=path, dpi=dpi)
         return render_pcace_maps(record.ranking[record.layer], record.maps, record.pictures, k=record.k,
-                                 n_classes=record.n_classes, path=path, dpi=dpi)
+                                 n_classes=record.n_classes, curves=record.curves, path=path, dpi=dpi)
 
     def page(self, record: PCACEFigure) -> str:
         """The ranking and every layer's channels as one HTML page (:func:`neuronviz.render.html.pcace_page`)."""
