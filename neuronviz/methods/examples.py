@@ -22,7 +22,7 @@ from torch import nn
 
 from ..core.archive import Archived, archived
 from ..core.batching import default_batch_size
-from ..core.capture import ActivationCapture, resolve_layers
+from ..core.capture import ActivationCapture, hooks, resolve_layers
 from ..core.distributed import Ranks, shard, use_distributed
 from ..core.errors import NeuronvizError, NeuronvizTypeError
 from ..core.layouts import LayoutSpec
@@ -44,7 +44,7 @@ HIST_BINS = 512
 #: Fine bins per coarse bin of the per-label histograms (kept only when labels are given).
 LABEL_GROUP = 8
 #: Positions per image counted into the activation histogram (evenly spaced; all when fewer).
-HIST_POSITIONS = 16
+HIST_POSITIONS = 8
 #: Smallest histogram range exponent (a channel that stays at 0 gets [-2^-20, 2^-20)).
 _MIN_EXP = -20
 
@@ -125,6 +125,7 @@ class _Hist:
         self.values = torch.zeros((channels, HIST_BINS), dtype=torch.int64, device=device)
         self.maxima = torch.zeros((channels, HIST_BINS), dtype=torch.int64, device=device)
         self.labelled: torch.Tensor | None = None
+        self._offsets: dict[int, torch.Tensor] = {}
 
     def grow(self, exp: torch.Tensor) -> None:
         """Widen the channels whose range is below ``exp`` (each doubling merges pairs of bins)."""
@@ -144,31 +145,43 @@ class _Hist:
                 h[..., small, :] = part
             self.exp[small] += 1
 
-    def bins(self, v: torch.Tensor) -> torch.Tensor:
-        """Bin index of (C, n) values."""
-        scale = torch.pow(2.0, (HIST_BINS.bit_length() - 2 - self.exp).float()).unsqueeze(1)  # 1 / w
-        return (torch.floor(v * scale).long() + HIST_BINS // 2).clamp_(0, HIST_BINS - 1)
+    def count(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """Count a block of images: (n, C, p + 1) finite values, p sampled activations then the maximum
+        (overwritten).
 
-    def add(self, a: torch.Tensor, maxima: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """Count (B, C, P) activations (finite) and (B, C) per-image maxima (labels (B,) or None)."""
-        c = a.shape[1]
-        m = torch.maximum(a.abs().amax(dim=(0, 2)), maxima.abs().amax(0))
+        One pass of a handful of elementwise operations and one ``bincount`` for both histograms
+        (and one more for the labels (n,), or None).
+        """
+        n, c, p1 = x.shape
+        # the range: the block's largest magnitude, from per-channel maxima and minima
+        m = torch.maximum(x.amax(0).amax(1).abs(), x.amin(0).amin(1).abs())
         need = torch.where(m > 0, torch.frexp(m)[1].long(), _MIN_EXP).clamp_min(_MIN_EXP)  # m < 2^need
         self.grow(need)
-        offs = (torch.arange(c, device=a.device) * HIST_BINS).unsqueeze(1)
-        vb = self.bins(a.transpose(0, 1).reshape(c, -1)) + offs
-        mb = self.bins(maxima.t()) + offs  # (C, B)
-        both = torch.bincount(torch.cat([vb.flatten(), mb.flatten() + c * HIST_BINS]), minlength=2 * c * HIST_BINS)
-        self.values += both[: c * HIST_BINS].reshape(c, HIST_BINS)
-        self.maxima += both[c * HIST_BINS :].reshape(c, HIST_BINS)
+        half, size = HIST_BINS // 2, c * HIST_BINS
+        scale = torch.pow(2.0, (HIST_BINS.bit_length() - 2 - self.exp).float()).view(1, c, 1)  # 1 / bin width
+        key = self._offsets.get(p1)
+        if key is None:
+            key = self._offset(c, p1, x.device)
+        # x * scale and its floor are exact (scale is a power of two); the offsets are integers below 2^24
+        flat = x.mul_(scale).floor_().clamp_(-half, half - 1).add_(key).int()  # x is the caller's to spend
+        both = torch.bincount(flat.flatten(), minlength=2 * size)
+        self.values += both[:size].view(c, HIST_BINS)
+        self.maxima += both[size:].view(c, HIST_BINS)
         if labels is None:
             return
         self.labels_at_least(int(labels.max()) + 1 if labels.numel() else 0)
         assert self.labelled is not None  # labels_at_least made it
-        coarse = HIST_BINS // LABEL_GROUP
-        cb = (mb - offs) // LABEL_GROUP + (offs // HIST_BINS) * coarse
-        flat = (labels.unsqueeze(0) * (c * coarse) + cb).flatten()
-        self.labelled += torch.bincount(flat, minlength=self.labelled.numel()).reshape(self.labelled.shape).int()
+        coarse = size // LABEL_GROUP  # HIST_BINS is a multiple of LABEL_GROUP: channel * coarse + bin // group
+        lab = labels.int().unsqueeze(1) * coarse + (flat[:, :, -1] - size) // LABEL_GROUP  # (n, C)
+        self.labelled += torch.bincount(lab.flatten(), minlength=self.labelled.numel()).view(self.labelled.shape).int()
+
+    def _offset(self, c: int, p1: int, device: torch.device) -> torch.Tensor:
+        """(1, C, p1) float offsets: bin 0 of the channel's values, its maxima's after every values bin."""
+        off = torch.arange(c, device=device, dtype=torch.float32).view(c, 1) * HIST_BINS + HIST_BINS // 2
+        off = off.expand(c, p1).clone()
+        off[:, -1] += c * HIST_BINS
+        self._offsets[p1] = off.unsqueeze(0)
+        return self._offsets[p1]
 
     def labels_at_least(self, n: int) -> None:
         c = self.exp.shape[0]
@@ -178,12 +191,24 @@ class _Hist:
             self.labelled = extra if self.labelled is None else torch.cat([self.labelled, extra])
 
 
-def _sampled(a: torch.Tensor) -> torch.Tensor:
-    """(B, C, P) activations at up to HIST_POSITIONS evenly spaced positions, NaN and infinities as 0."""
-    p = a.shape[2]
-    if p > HIST_POSITIONS:
-        a = a[:, :, torch.linspace(0, p - 1, HIST_POSITIONS, device=a.device).long()]
-    return torch.nan_to_num(a, nan=0.0, neginf=0.0, posinf=0.0)
+def _samples(a: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """(B, C, p + 1): activations of (B, C, P) at up to HIST_POSITIONS positions of each image, then
+    the (B, C) maxima ``top``; NaN and infinities as 0.
+
+    Each image's positions are an evenly spaced pattern (every ceil(P / HIST_POSITIONS)-th) turned
+    by an offset taken from the image's own activations (the bits of the sum of its maxima, modulo
+    P): every position is as likely to be sampled, whatever the layout of the images (a fixed set
+    would favour some columns, e.g. the blank border of centred digits), and the choice depends on
+    neither the batching, nor the image's index, nor the rank.
+    """
+    b, c, n = a.shape
+    step = -(-n // HIST_POSITIONS)
+    if step > 1:
+        p = -(-n // step)
+        offset = top.sum(1).view(torch.int32).long() % n  # (B,)
+        where = (offset.view(b, 1) + torch.arange(p, device=a.device) * step) % n
+        a = torch.gather(a, 2, where.view(b, 1, p).expand(b, c, p))
+    return torch.cat([a, top.unsqueeze(2)], 2).nan_to_num_(nan=0.0, neginf=0.0, posinf=0.0)
 
 
 def _merge(vals: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor, k: int, *, ordered: bool = False
@@ -199,6 +224,114 @@ def _merge(vals: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor, k: int, *, 
         vals, idx, pos = vals.gather(1, order), idx.gather(1, order), pos.gather(1, order)
     order = torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
     return vals.gather(1, order), idx.gather(1, order), pos.gather(1, order)
+
+
+def _amax(a: torch.Tensor) -> torch.Tensor:
+    """(B, C) maximum of (B, C, P) over positions, NaN where any is NaN (as ``amax``).
+
+    Over few positions (a late layer's small grid) halving the last dimension with elementwise
+    maxima is about twice as fast as ``amax``, whose reduction of a short inner dimension is slow.
+    """
+    if a.shape[2] > 32:
+        return a.amax(2)
+    while a.shape[2] > 1:
+        h = a.shape[2] // 2
+        m = torch.maximum(a[..., :h], a[..., h : 2 * h])
+        a = torch.cat([m, a[..., 2 * h :]], 2) if a.shape[2] % 2 else m
+    return a[..., 0]
+
+
+#: Rows (images) a layer's pending candidates may reach before they are merged into its kept entries.
+_PENDING_ROWS = 64
+#: Sampled values a layer's histograms hold back before counting them in one go (the dozen small
+#: operations of a count then cost per block, not per batch).
+_PENDING_VALUES = 1 << 18
+
+
+class _Stream:
+    """One layer's running top-k and histograms over the batches of a pass.
+
+    Once k entries are kept, a batch's images are screened against each channel's k-th value as of
+    the last merge (a lower bound of the current one, so no image that could enter is dropped):
+    only the few that pass have their arg-max position found (the full (B, C, P) arg-max costs
+    more than a small network's forward pass), and they wait, with their values, to be merged a
+    block at a time. The sampled activations wait likewise for the histograms. Both waits are
+    bounded (:data:`_PENDING_ROWS`, :data:`_PENDING_VALUES`), so memory does not grow with N.
+    """
+
+    def __init__(self, k: int, by: str, generality: bool) -> None:
+        self.k, self.by, self.generality = k, by, generality
+        self.kept: tuple[torch.Tensor, ...] | None = None  # (C, m) values, image indices, positions
+        self.pending: list[tuple[torch.Tensor, ...]] = []  # (n, C) values, (n,) indices, (n, C) positions
+        self.rows, self.ordered = 0, True
+        self.hist: _Hist | None = None
+        self.samples: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self.held = 0
+
+    def _positions(self, a: torch.Tensor) -> torch.Tensor:
+        if self.by == "max":
+            return torch.max(a, dim=2).indices  # the first position holding the maximum
+        return torch.full(a.shape[:2], -1, dtype=torch.int64, device=a.device)
+
+    def add(self, a: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor | None, ordered: bool) -> None:
+        """Take in a batch: (B, C, P) activations, (B,) image indices, labels (B,) or None.
+
+        ``ordered``: every index is larger than any taken in before, in increasing order.
+        """
+        if self.hist is None:
+            self.hist = _Hist(a.shape[1], a.device)
+        stat = _amax(a) if self.by == "max" else a.mean(2)  # (B, C)
+        v = torch.nan_to_num(stat, nan=-math.inf)
+        if self.kept is None or self.kept[0].shape[1] < self.k:
+            self._merge([(v, idx, self._positions(a))], ordered)
+        else:
+            kth = self.kept[0][:, -1]
+            # ordered: a tie with the k-th comes from a larger index and loses; else it may win
+            rows = ((v > kth) if ordered else (v >= kth)).any(1).nonzero().flatten()
+            if rows.numel():
+                cand, ca, ci = (v, a, idx) if rows.numel() == v.shape[0] else (v[rows], a[rows], idx[rows])
+                self.pending.append((cand, ci, self._positions(ca)))
+                self.rows += int(rows.numel())
+                self.ordered = self.ordered and ordered
+                if self.rows >= _PENDING_ROWS:
+                    self.flush_kept()
+        if self.generality:
+            top = stat if self.by == "max" else a.amax(2)
+            x = _samples(a, top)
+            self.samples.append((x, labels))
+            self.held += x.numel()
+            if self.held >= _PENDING_VALUES:
+                self.flush_hist()
+
+    def _merge(self, parts: list[tuple[torch.Tensor, ...]], ordered: bool) -> None:
+        v = torch.cat([p[0] for p in parts]).t()  # (C, n): a row per channel, contiguous sorts
+        ii = torch.cat([p[1] for p in parts]).unsqueeze(0).expand_as(v)
+        cp = torch.cat([p[2] for p in parts]).t().long()
+        if self.kept is not None:
+            kv, ki, kp = self.kept
+            v, ii, cp = torch.cat([kv, v], 1), torch.cat([ki, ii], 1), torch.cat([kp, cp], 1)
+        self.kept = _merge(v, ii, cp, self.k, ordered=ordered)
+
+    def flush_kept(self) -> None:
+        """Merge the pending candidates into the kept entries."""
+        if self.pending:
+            self._merge(self.pending, self.ordered)
+        self.pending, self.rows, self.ordered = [], 0, True
+
+    def flush_hist(self) -> None:
+        """Count the pending samples into the histograms."""
+        if self.samples and self.hist is not None:
+            labelled = [lab for _, lab in self.samples]
+            if all(lab is not None for lab in labelled):
+                self.hist.count(torch.cat([x for x, _ in self.samples]), torch.cat(labelled))  # type: ignore[arg-type]
+            else:  # some batches without labels: count them apart
+                for x, lab in self.samples:
+                    self.hist.count(x, lab)
+        self.samples, self.held = [], 0
+
+    def finish(self) -> None:
+        self.flush_kept()
+        self.flush_hist()
 
 
 class _Source:
@@ -671,14 +804,22 @@ def top_examples(
 
     kept: dict[str, tuple[torch.Tensor, ...]] = {}
     hists: dict[str, _Hist] = {}
+    streams = {n: _Stream(k, by, generality) for n in names}
     grids: dict[str, tuple[int, int] | None] = {}
     probe: dict[str, torch.Tensor] = {}
     assert not isinstance(progress, bool)  # reports_progress made True/False a callback or None
     seen, any_labels, last = 0, src.given_labels is not None, -1
     with preserved_state(model), on_device(model, dev), torch.no_grad():
         model.eval()
-        # one layer: the pass ends once it is recorded, so nothing can change its output in place
-        with ActivationCapture(model, names, stop_after_last=True, layout=layout, copy=len(names) > 1) as rec:
+        # The layers' outputs are recorded without a copy (a copy of each map costs as much as a
+        # small network's forward pass); a hook that runs before the recording one notes each
+        # output's version counter, and a batch where a later module changed an output in place
+        # (ReLU(inplace=True)) is run again with copies, as is the rest of the pass.
+        raw: dict[str, tuple[torch.Tensor, int]] = {}
+        watch = {n: (lambda m, i, o, n=n: raw.__setitem__(n, (o, o._version)) if isinstance(o, torch.Tensor)
+                     else None) for n in names}
+        with hooks(model, watch), ActivationCapture(model, names, stop_after_last=True, layout=layout,
+                                                    copy=False) as rec:
             with ranks.together("top_examples' pass over the images"):
                 for images, index, labs in src:
                     batch = check_batch(images, model, what="source", min_n=0)
@@ -686,8 +827,14 @@ def top_examples(
                         continue
                     if "x" not in probe:
                         probe["x"] = batch[:1].clone()
-                    rec.forward(batch.to(dev))
+                    batch = batch.to(dev)
+                    rec.forward(batch)
                     acts = rec.outputs()
+                    if not rec.copy and any(t._version != v for t, v in raw.values()):
+                        rec.copy = True
+                        rec.forward(batch)
+                        acts = rec.outputs()
+                    raw.clear()
                     rec.clear()
                     any_labels = any_labels or labs is not None
                     idx = index.to(dev)
@@ -701,26 +848,15 @@ def top_examples(
                         if name not in grids:
                             grids[name] = (int(a.shape[2]), int(a.shape[3])) if a.dim() == 4 else None
                         a = a.float().reshape(a.shape[0], a.shape[1], -1)
-                        if by == "max":
-                            v, pos = torch.max(a, dim=2)  # the first position holding the maximum
-                            raw = v
-                        else:
-                            v, pos = a.mean(2), torch.full(a.shape[:2], -1, dtype=torch.int64, device=a.device)
-                        v = torch.nan_to_num(v.t(), nan=-math.inf)  # (C, B): a row per channel, contiguous sorts
-                        ii, cp = idx.unsqueeze(0).expand_as(v), pos.t().long()
-                        if name in kept:
-                            kv, ki, kp = kept[name]
-                            v, ii, cp = torch.cat([kv, v], 1), torch.cat([ki, ii], 1), torch.cat([kp, cp], 1)
-                        kept[name] = _merge(v, ii, cp, k, ordered=ordered)
-                        h = hists.get(name) or _Hist(a.shape[1], a.device)
-                        hists[name] = h
-                        if generality:
-                            top = raw if by == "max" else a.amax(2)
-                            h.add(_sampled(a), torch.nan_to_num(top, nan=0.0, neginf=0.0, posinf=0.0),
-                                  None if labs is None else labs.to(dev))
+                        streams[name].add(a, idx, None if labs is None else labs.to(dev), ordered)
                     seen += batch.shape[0]
                     if progress is not None:
                         progress(seen, max(src.total or 0, seen))
+        for name in names:
+            streams[name].finish()
+            if streams[name].kept is not None:
+                kept[name] = streams[name].kept  # type: ignore[assignment]
+                hists[name] = streams[name].hist  # type: ignore[assignment]
         n_images = seen
         if active:
             counts = [row[0] for row in ranks.gather_ints([seen, int(any_labels)])]

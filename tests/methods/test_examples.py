@@ -11,7 +11,7 @@ from torch import nn
 
 import neuronviz as nv
 from neuronviz.core.errors import NeuronvizError
-from neuronviz.methods.examples import top_examples
+from neuronviz.methods.examples import HIST_POSITIONS, top_examples
 from neuronviz.render.examples import crop_picture
 
 N, SIDE = 60, 16
@@ -125,12 +125,13 @@ def test_rows_equal_a_numpy_top_k_of_the_per_image_maxima_and_means():
 def test_generality_share_and_entropy_equal_their_definition_from_the_histogram_threshold():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU())
-    x = torch.rand(150, 1, 6, 6)
-    y = torch.arange(150) % 3
+    x = torch.rand(600, 1, 4, 4)  # 2 x 2 positions: fewer than HIST_POSITIONS, so all are counted
+    y = torch.arange(600) % 3
     ex = top_examples(model, x, "1", k=3, labels=y, progress=False)
     gen = ex.generality("1")
     with torch.no_grad():
-        a = model(x).reshape(150, 4, -1)
+        a = model(x).reshape(600, 4, -1)
+    assert a.shape[2] <= HIST_POSITIONS
     for c in range(4):
         t = float(gen.threshold[c])
         fires = a[:, c].amax(1) >= t
@@ -140,10 +141,52 @@ def test_generality_share_and_entropy_equal_their_definition_from_the_histogram_
             h = -sum(p * math.log2(p) for p in counts if p > 0)
             assert float(gen.entropy[c]) == pytest.approx(h, abs=0.15)  # labels are binned 8x coarser
         # the threshold is the 99th percentile of the activations, to one bin
-        sample = a[:, c, torch.linspace(0, 15, 16).long()].flatten()
         top = float(a[:, c].abs().max())
         width = 2 * 2.0 ** (math.frexp(top)[1] if top > 0 else -20) / 512
-        assert abs(t - float(torch.quantile(sample, 0.99))) <= width
+        assert abs(t - float(torch.quantile(a[:, c].flatten(), 0.99))) <= width
+
+
+def test_a_layer_changed_in_place_by_a_later_module_is_ranked_as_it_left_its_own_module():
+    torch.manual_seed(5)
+    conv = nn.Conv2d(2, 4, 3)
+    model = nn.Sequential(conv, nn.ReLU(inplace=True), nn.Conv2d(4, 3, 1), nn.ReLU())
+    x = torch.randn(70, 2, 7, 7)
+    with torch.no_grad():
+        pre = conv(x).reshape(70, 4, -1).numpy()  # before the in-place ReLU: negative values kept
+    ex = top_examples(model, x, ["0", "3"], k=4, batch_size=16, by="mean", progress=False)
+    for c in range(4):
+        want = np.argsort(-pre.mean(2)[:, c], kind="stable")[:4]
+        assert [r.image for r in ex["0"][c]] == want.tolist()
+        np.testing.assert_allclose([r.value for r in ex["0"][c]], pre.mean(2)[want, c], rtol=1e-5, atol=1e-6)
+
+
+def test_a_shuffled_sampler_gives_the_same_rows_as_the_images_in_order():
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU())
+    x = torch.rand(150, 1, 6, 6)
+    x[[40, 9, 120]] = x[77].clone()  # exact ties, met in shuffled order
+    data = torch.utils.data.TensorDataset(x, torch.zeros(150, dtype=torch.int64))
+    sampler = torch.utils.data.distributed.DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3)
+    ref = top_examples(model, x, "1", k=6, batch_size=1, progress=False)
+    got = top_examples(model, torch.utils.data.DataLoader(data, batch_size=1, sampler=sampler), "1", k=6,
+                       progress=False)
+    assert torch.equal(got.images["1"], ref.images["1"]) and torch.equal(got.positions["1"], ref.positions["1"])
+    assert torch.equal(got.values["1"], ref.values["1"])
+
+
+def test_sampled_positions_give_the_quantile_of_every_position_even_where_activity_sits_at_one_edge():
+    # a channel that fires only in the last column of a 16 x 16 grid (1/16 of the positions, 6 %
+    # of them strongly): a fixed sample of every 32nd position would never see it
+    g = torch.Generator().manual_seed(4)
+    n = 2000
+    x = torch.zeros(n, 1, 16, 16)
+    x[:, 0, :, 15] = torch.rand(n, 16, generator=g)
+    x += 0.01 * torch.rand(x.shape, generator=g)
+    model = nn.Sequential(nn.Identity())
+    ex = top_examples(model, x, "0", k=3, progress=False, receptive_fields=False)
+    t = float(ex.generality("0").threshold[0])
+    rank = float((x.flatten() <= t).double().mean())  # the threshold's quantile among every activation
+    assert rank == pytest.approx(0.99, abs=0.003)
 
 
 def test_a_raising_progress_callback_stops_the_pass_and_leaves_the_model_as_it_was(snapshot):
