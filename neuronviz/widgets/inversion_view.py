@@ -387,7 +387,7 @@ class InversionView(View):
     def page(self, record: dict[str, Any]) -> str:
         """Both masks over the image and the losses as one HTML page (:func:`neuronviz.render.html.inversion_page`)."""
         return inversion_page(record["result"], record["pictures"], categories=record["categories"],
-                              settings=self.page_settings(), model=type(self.model).__name__,
+                              settings=self.page_settings(), model=self.model_name,
                               opacity=float(self.stage2.opacity.value))
 
     def static_png(self) -> bytes | None:

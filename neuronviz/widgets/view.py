@@ -683,7 +683,7 @@ class View(W.VBox):
     def page_settings(self) -> list[tuple[str, Any]]:
         """The last run's settings as (label, value) rows for a page: the model's class, then each setting."""
         assert self.outcome is not None  # asked for only once a run finished
-        rows: list[tuple[str, Any]] = [("model", type(self.model).__name__)]
+        rows: list[tuple[str, Any]] = [("model", self.model_name)]
         for name, (_default, meta) in self._fields.items():
             # what applies at once (top-k) as shown now, the rest as the run had it
             value = getattr(self.outcome.settings, name) if meta.rerun else self._values[name]
