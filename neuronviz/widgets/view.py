@@ -795,6 +795,13 @@ class View(W.VBox):
         return view
 
     def _restore(self, state: SavedView, model: nn.Module | None, name: str) -> None:
+        # only what this class declares is taken from the file: a file cannot set other attributes
+        unknown = sorted(set(state.attributes) - set(self.saved_attributes)) + sorted(
+            set(state.widgets) - set(self.saved_widgets))
+        missing = sorted(set(self.saved_attributes) - set(state.attributes))
+        if unknown or missing:
+            raise NeuronvizError(f"{name} does not hold a {type(self).__name__} this neuronviz can restore: "
+                                 f"unknown parts {unknown}, missing parts {missing} (another version?)")
         for attribute, value in {**state.attributes, **self.unsaved_attributes}.items():
             setattr(self, attribute, value)
         self.model = model  # type: ignore[assignment]  # None: a view that shows a saved result only

@@ -193,3 +193,19 @@ def test_saving_before_a_run_finished_is_refused(tmp_path):
         v.save(tmp_path / "x.nvz")
     assert not (tmp_path / "x.nvz").exists()
     v.close()
+
+
+def test_a_file_cannot_set_attributes_the_view_does_not_declare(tmp_path):
+    from neuronviz.core import archive
+
+    v = _finished(CASES["inversion"], gated_cnn())
+    state = nv.load(v.save(tmp_path / "inv.nvz"))
+    state.attributes["compute"] = "not a method"  # an edited file
+    archive.save(tmp_path / "edited.nvz", state)
+    with pytest.raises(nv.NeuronvizError, match=r"unknown parts \['compute'\]"):
+        InversionView.load(tmp_path / "edited.nvz")
+    del state.attributes["compute"], state.attributes["x"]
+    archive.save(tmp_path / "edited.nvz", state)
+    with pytest.raises(nv.NeuronvizError, match=r"missing parts \['x'\]"):
+        InversionView.load(tmp_path / "edited.nvz")
+    v.close()
