@@ -93,9 +93,11 @@ class ExamplesSection:
         The images; None shows how to give them.
     names : sequence of str, optional
         Class names for the labels.
+    how : str, optional
+        What the panel says without a source (HTML; default :data:`~.panels.examples.HOW_TO_GIVE`).
     """
 
-    def __init__(self, view: Any, source: Any, names: Any = None) -> None:
+    def __init__(self, view: Any, source: Any, names: Any = None, how: str | None = None) -> None:
         self.view, self.source, self.names = view, source, names
         self.panel = ExamplesPanel()
         self.widget = self.panel.widget
@@ -110,7 +112,7 @@ class ExamplesSection:
         self.error: str | None = None
         self.panel.on_open(self.open)
         if source is None:
-            self.panel.message(HOW_TO_GIVE)
+            self.panel.message(how or HOW_TO_GIVE)
 
     def _closed(self) -> bool:
         return _EXITING.is_set() or getattr(self.widget, "comm", None) is None
@@ -258,8 +260,11 @@ class ExamplesSection:
         self._shown = neuron
 
     def open(self, crop: Crop) -> None:
-        """Show the crop's whole image in the view's overlay, with the selected neuron's map over it."""
-        if self.neuron is None:
+        """Show the crop's whole image in the view's overlay, with the selected neuron's map over it.
+
+        A view without an overlay (the PCACE view) has nowhere to show it: nothing happens.
+        """
+        if self.neuron is None or getattr(self.view, "overlay", None) is None:
             return
         image, _ = dataset_item(crops_dataset(self.source), crop.image)
         model: nn.Module = self.view.model

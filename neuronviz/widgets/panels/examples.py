@@ -20,13 +20,27 @@ from ...methods.examples import Crop
 from ...render.examples import crop_picture
 from ..pictures import encode_png
 
-__all__ = ["ExamplesPanel", "HOW_TO_GIVE"]
+__all__ = ["ExamplesPanel", "HOW_TO_GIVE", "how_to_give"]
 
-#: What the panel says when the view was given no examples.
-HOW_TO_GIVE = (
-    "No data-set examples: pass <code>examples=</code> (a tensor of images, a Dataset or a loader) to see the "
-    "images that excite the selected neuron most, e.g. <code>nv.NeuronExplorer(model, x, examples=dataset)</code>."
-)
+
+def how_to_give(call: str = "nv.NeuronExplorer(model, x, examples=dataset)") -> str:
+    """What a panel says when its view was given no examples, with ``call`` as the example (HTML).
+
+    Parameters
+    ----------
+    call : str
+        How the view is made with examples, e.g. ``"nv.PCACEView(model, images, examples=dataset)"``.
+
+    Returns
+    -------
+    str
+    """
+    return ("No data-set examples: pass <code>examples=</code> (a tensor of images, a Dataset or a loader) to see "
+            f"the images that excite the selected neuron most, e.g. <code>{html.escape(call)}</code>.")
+
+
+#: What the explorer's panel says when it was given no examples.
+HOW_TO_GIVE = how_to_give()
 
 
 def _enlarge(picture: np.ndarray, side: int) -> np.ndarray:
