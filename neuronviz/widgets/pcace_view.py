@@ -24,10 +24,12 @@ from ..render.formatting import format_score
 from ..render.html import pcace_page
 from ..render.pcace import display_images, render_layer_ranking, render_pcace_maps
 from .classes import ClassChoices
+from .examples import ExamplesSection
 from .jobs import Job
 from .knockouts import CurvesSection, pcace_curves
 from .panels.bars import ChannelBars, LayerBars
 from .panels.channel_maps import GRID_MAX_K, ChannelStrip, TopBottomGrid
+from .panels.examples import how_to_give
 from .pictures import encode_png, figure_png, stack_pngs
 from .settings import ClassIndex, Device, Int, Layers, setting
 from .view import CLOSE_WAIT_S, STATIC_DPI, Outcome, View
@@ -95,6 +97,9 @@ class PCACEView(View):
     * the selected channel's activation map over the first few images;
     * the maps of the top-k and bottom-k channels over the same images (at most 5 of each);
       the buttons above the columns select those channels;
+    * given ``examples=``, the selected channel's data-set examples: its top-9 receptive-field
+      crops with their activation and label (:func:`neuronviz.top_examples`, found once per
+      layer in the background, as in the explorer);
     * the settings (layers, target class, principal components, top-k, device), Run / Cancel,
       a progress bar, a status line and an error area; and Export.
 
@@ -157,6 +162,10 @@ class PCACEView(View):
         Images per forward pass; default 16 on a CPU (a progress step each), automatic on a GPU.
     autorun : bool
         Start a run at once.
+    examples : torch.Tensor, Dataset or loader, optional
+        Images to find the selected channel's data-set examples in (:func:`neuronviz.top_examples`,
+        once for the ranked layers, in the background, giving way to the view's runs); without
+        them the panel says how to give them.
 
     Raises
     ------
@@ -172,12 +181,13 @@ class PCACEView(View):
     css = "nv-pcace"
     export_name = "pcace.png"
     saved_attributes = ("images", "n_shown", "batch_size", "pictures")  # what save() keeps besides the result
-    unsaved_attributes = {"_ranking": None, "_shown_layer": None, "_quiet": False}
+    unsaved_attributes = {"_ranking": None, "_shown_layer": None, "_quiet": False, "_example_source": None}
     saved_widgets = ("opacity", "export_part")
 
     def __init__(self, model: nn.Module, images: torch.Tensor, layers: Sequence[str] | str | None = None, *,
                  target: int | None = None, n_components: int = 1, top_k: int = 3, n_shown: int = 3,
-                 device: str | None = None, batch_size: int | None = None, autorun: bool = True) -> None:
+                 device: str | None = None, batch_size: int | None = None, autorun: bool = True,
+                 examples: Any = None) -> None:
         if not isinstance(model, nn.Module):
             raise NeuronvizError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         images = check_batch(images, model, what="images")
@@ -203,6 +213,7 @@ class PCACEView(View):
         self._ranking: LayerRanking | None = None
         self._shown_layer: str | None = None  # the layer the bars and the grid show now
         self._quiet = False
+        self._example_source = examples
         super().__init__(model, autorun=autorun, layers=layers, target=target, n_components=n_components,
                          top_k=top_k, device=device)
 
@@ -239,10 +250,13 @@ class PCACEView(View):
             "knock out the shown layer's top-k channels by PCACE, correlation, precision and random rankings; "
             "the logit on the shown images"))
         self.opacity.observe(self._opacity_moved, names="value")
+        self.examples = ExamplesSection(self, getattr(self, "_example_source", None),
+                                        how=how_to_give("nv.PCACEView(model, images, examples=dataset)"))
         wrap = W.Layout(flex_flow="row wrap")
         return [W.HBox([self.layer_bars.widget, W.VBox([W.HBox([self.layer_picker, self.opacity]),
                                                         self.channel_bars.widget])], layout=wrap),
-                W.HBox([self.channel_strip.widget, self.top_bottom.widget], layout=W.Layout(flex_flow="row wrap")),
+                W.HBox([self.channel_strip.widget, self.top_bottom.widget, self.examples.widget],
+                       layout=W.Layout(flex_flow="row wrap")),
                 self.faithfulness.widget]
 
     # ------------------------------------------------------------------ state
@@ -354,6 +368,7 @@ class PCACEView(View):
         else:
             self.channel_bars.mark(self.top_k, channel)
         self._draw_strip()
+        self.examples.show(self.selected)  # the channel's data-set examples (found in the background)
 
     def _draw_strip(self) -> None:
         layer, channel = self._neuron()
