@@ -162,22 +162,12 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def _saved_view(path: Path):  # noqa: ANN202 - a View, imported lazily
-    """The view saved in ``path``, restored without a model (its panels, not its computation)."""
-    from .widgets import InversionView, NeuronExplorer, PCACEView
+    """The view saved in ``path`` (``w.save``), restored without a model: its panels, not its computation."""
     from .widgets.view import View
 
-    if not callable(getattr(View, "load", None)):
-        raise NeuronvizError(
-            "--from reads a saved view, and this version of neuronviz cannot restore views yet (no View.load); "
-            "run 'neuronviz report --out report.html' without --from to compute the page"
-        )
     if not path.is_file():
-        raise NeuronvizError(f"--from: no file {str(path)!r}")
-    from .core.archive import read_header
-
-    kind = str(read_header(path).get("type", ""))  # a damaged or foreign file fails here, clearly
-    cls = next((c for c in (NeuronExplorer, PCACEView, InversionView) if c.__name__.lower() in kind.lower()), View)
-    return cls.load(path, model=None)
+        raise NeuronvizError(f"--from: no file {str(path)!r} (a view saved with w.save('run.nvz'))")
+    return View.load(path, model=None)  # any saved view; a damaged or foreign file fails here, clearly
 
 
 def _run_report(args: argparse.Namespace) -> int:
