@@ -242,7 +242,7 @@ class InversionView(View):
     title = "Inversion"
     css = "nv-inversion"
     export_name = "inversion.png"
-    saved_attributes = ("x", "picture", "image", "n_classes", "_layers", "_model_delta")  # what save() keeps besides the result
+    saved_attributes = ("x", "picture", "image", "n_classes", "_layers", "_model_delta")  # kept by save()
     _followed: dict[str, Any]  # the values the recipe set, to tell them from the user's
 
     def __init__(self, model: nn.Module, image: torch.Tensor, *, autorun: bool = True, image_display: Any = None,
