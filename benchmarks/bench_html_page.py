@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 import neuronviz as nv
-from machine import cpu_name  # benchmarks/machine.py, beside this script
 
 
 def measure(view, name: str, repeats: int, folder: Path) -> dict:
