@@ -664,7 +664,7 @@ class View(W.VBox):
         try:
             target = check_path(path)
         except ValueError as err:
-            raise NeuronvizError(str(err)) from None
+            raise NeuronvizError(f"{err}, or .html for an interactive page") from None
         if target is None:
             raise NeuronvizError("export needs a file name ending in .png, .svg or .pdf")
         dpi = check_dpi(dpi)
