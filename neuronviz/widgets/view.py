@@ -666,7 +666,7 @@ class View(W.VBox):
         except ValueError as err:
             raise NeuronvizError(f"{err}, or .html for an interactive page") from None
         if target is None:
-            raise NeuronvizError("export needs a file name ending in .png, .svg or .pdf")
+            raise NeuronvizError("export needs a file name ending in .png, .svg, .pdf or .html")
         dpi = check_dpi(dpi)
         with self.lock:
             record = self._record(**options)
