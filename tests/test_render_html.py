@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_nets import tiny_cnn
 
 import neuronviz as nv
 from neuronviz.render.explorer import blend_overlay
 from neuronviz.render.html import heat_png, write_page
 from neuronviz.widgets import InversionView, NeuronExplorer, PCACEView
-from tiny_nets import tiny_cnn
 
 LAYERS = ["conv1", "conv2"]
 _DATA_URI = re.compile(r"data:image/png;base64,([A-Za-z0-9+/=]+)")

@@ -11,9 +11,9 @@ import json
 
 import pytest
 import torch
+from tiny_nets import tiny_cnn
 
 from neuronviz.widgets import InversionView, NeuronExplorer, PCACEView
-from tiny_nets import tiny_cnn
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(180)]
 
