@@ -595,6 +595,20 @@ class TopExamples(Archived):
                             None if heat is None else heat[top:bottom, left:right].clone(), label))
         return out
 
+    def generality_available(self, layer: str) -> bool:
+        """Whether :meth:`generality` can answer for ``layer`` (found with ``generality=True``).
+
+        Parameters
+        ----------
+        layer : str
+
+        Returns
+        -------
+        bool
+        """
+        h = self._hists.get(layer)
+        return h is not None and int(h.maxima.sum()) > 0
+
     def generality(self, layer: str, quantile: float | None = None) -> Generality:
         """Per channel: the share of images on which it fires, and the entropy of their labels.
 

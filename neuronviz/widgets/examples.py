@@ -110,9 +110,14 @@ class ExamplesSection:
         self._generation = 0  # bumped by every show: an older fill stops at its next step
         self._lock = threading.Lock()
         self.error: str | None = None
+        self._on_found: list[Any] = []
         self.panel.on_open(self.open)
         if source is None:
             self.panel.message(how or HOW_TO_GIVE)
+
+    def on_found(self, fn: Any) -> None:
+        """Call ``fn()`` (in the search's thread) each time a search has found some layers' examples."""
+        self._on_found.append(fn)
 
     def _closed(self) -> bool:
         return _EXITING.is_set() or getattr(self.widget, "comm", None) is None
@@ -205,6 +210,11 @@ class ExamplesSection:
             self.cache[layer] = ex
         if self._closed():
             return
+        for fn in self._on_found:
+            try:
+                fn()
+            except Exception as err:  # noqa: BLE001 - shown in the panel: the view itself keeps working
+                self.panel.message(f"<span style='color:#b00'>generality not shown: {html.escape(str(err))}</span>")
         if self.neuron is not None and self.neuron[0] in self.cache:
             self._fill_quietly(self._generation)
         elif self.neuron is not None:

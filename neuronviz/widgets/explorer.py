@@ -29,6 +29,7 @@ from ..render.pcace import display_images
 from .examples import ExamplesSection, demo_examples
 from .knockouts import KnockoutSection
 from .panels import NeuronDetail, NeuronScatter, OverlayPanel, SelectionLists
+from .panels.examples import GeneralityTable
 from .panels.intervals import IntervalPanel, interval_rows
 from .perturbation import STRENGTHS, check_strength, perturbation_for
 from .pictures import DISPLAY_SIZE, display_picture, encode_png, resize
@@ -225,6 +226,7 @@ class NeuronExplorer(View):
         elif name == "top_k" and self.scores is not None:
             self.scatter.set_top(self.scores, value)
             self.lists.set_scores(self.scores, value)
+            self._show_generality()
             self.intervals.show(self.scores, value)
             self.lists.set_selected(self.selected)
 
@@ -261,12 +263,15 @@ class NeuronExplorer(View):
         row = self.exporter.widget
         row.children = (*row.children[:-1], self.scores_button, row.children[-1])
         self.examples = ExamplesSection(self, self._example_source)
+        self.generality_table = GeneralityTable()  # and the scatter's colour-by, once the examples are found
+        self.generality_table.on_select(lambda layer, channel: self.select_from_ui((layer, channel)))
+        self.examples.on_found(self._examples_found)
         self.knockouts = KnockoutSection(self)  # knock-out toggle and deletion curves
         left = W.VBox([self.overlay.widget, self.selected_label, self.selected_info, self.examples.widget],
                       layout=W.Layout(width="320px"))
         return [W.HBox([left, self.scatter.widget]),
-                W.HBox([self.lists.widget, self.intervals.widget, self.detail.widget, self.knockouts.widget],
-                       layout=W.Layout(flex_flow="row wrap"))]
+                W.HBox([self.lists.widget, self.intervals.widget, self.detail.widget, self.knockouts.widget,
+                        self.generality_table.widget], layout=W.Layout(flex_flow="row wrap"))]
 
     def header_html(self) -> str:
         """The model, the explained class and the last run's settings, and the predicted class."""
@@ -323,6 +328,7 @@ class NeuronExplorer(View):
         self.scatter.set_scores(scores, k)
         self.scatter.figure.title = "every channel"
         self.lists.set_scores(scores, k)
+        self._show_generality()
         self.intervals.show(scores, k)
         self.detail.set_run(scores, result.samples, result.sample_indices, result.sample_maps)
         neuron = self.selected
@@ -333,6 +339,30 @@ class NeuronExplorer(View):
             self.show_selected()
         else:
             self.selected = neuron
+
+    @property
+    def generality(self) -> dict[str, Any]:
+        """Each scored layer's :class:`~neuronviz.methods.examples.Generality`, once its data-set examples are found."""
+        out = {}
+        for layer in self.scores.layers if self.scores is not None else self.layers:
+            ex = self.examples.cache.get(layer)
+            if ex is not None and ex.generality_available(layer):
+                out[layer] = ex.generality(layer)
+        return out
+
+    def _examples_found(self) -> None:
+        with self.lock:
+            self._show_generality()
+
+    def _show_generality(self) -> None:
+        """The scatter's colour-by and the generality table, for the layers whose examples are found."""
+        scores, gens = self.scores, self.generality
+        if scores is None or not gens:
+            return
+        self.scatter.set_generality({layer: g.share.numpy() for layer, g in gens.items()})
+        k = self.top_k
+        self.generality_table.set({"correlation": scores.top("correlation", k),
+                                   "precision": scores.top("precision", k)}, gens)
 
     def show_partial(self, scores: NeuronScores) -> None:
         """A live run's scores of the copies so far: the scatter and the lists refine; intervals come at the end."""

@@ -16,11 +16,11 @@ from typing import Callable, Sequence
 import ipywidgets as W
 import numpy as np
 
-from ...methods.examples import Crop
+from ...methods.examples import Crop, Generality
 from ...render.examples import crop_picture
 from ..pictures import encode_png
 
-__all__ = ["ExamplesPanel", "HOW_TO_GIVE", "how_to_give"]
+__all__ = ["ExamplesPanel", "GeneralityTable", "HOW_TO_GIVE", "how_to_give"]
 
 
 def how_to_give(call: str = "nv.NeuronExplorer(model, x, examples=dataset)") -> str:
@@ -111,3 +111,100 @@ class ExamplesPanel:
             self.buttons[i].description = f"{crop.value:.3g}{label}"
             self.buttons[i].tooltip = html.unescape(f"image {crop.image}: open it in the overlay")
             cell.layout.display = "flex"
+
+
+#: How the generality table can be sorted: (label, key).
+GENERALITY_SORTS = (("generality, most general first", "share-"), ("generality, least general first", "share+"),
+                    ("layer and channel", "channel"))
+
+
+class GeneralityTable:
+    """The top-k neurons of both metrics with their generality, sortable; picking a row selects its neuron.
+
+    Generality (:meth:`neuronviz.TopExamples.generality`): the share of data-set images on which
+    the channel fires, and the entropy of their labels. Above the table, the mean share of each
+    metric's top-k: the measurable side of the claim that precision picks generalisable features.
+
+    DOM classes: ``nv-generality`` (the box), ``nv-generality-sort``, ``nv-generality-rows``.
+    """
+
+    def __init__(self) -> None:
+        self.summary = W.HTML("generality: once the data-set examples are found")
+        self.sort = W.Dropdown(options=list(GENERALITY_SORTS), value="share-", description="sort by",
+                               style={"description_width": "50px"}, layout=W.Layout(width="300px"))
+        self.sort.add_class("nv-generality-sort")
+        self.table = W.Select(options=[], value=None, rows=8, layout=W.Layout(width="330px"))
+        self.table.add_class("nv-generality-rows")
+        self.widget = W.VBox([W.HTML("<b>generality of the top-k</b>"), self.summary, self.sort, self.table],
+                             layout=W.Layout(width="340px"))
+        self.widget.add_class("nv-generality")
+        self.rows: list[dict] = []
+        self._on_select: list[Callable[[str, int], None]] = []
+        self._quiet = False
+        self._shown: list[dict] = []
+        self.sort.observe(lambda _c: self._fill(), names="value")
+        self.table.observe(self._picked, names="value")
+
+    def on_select(self, fn: Callable[[str, int], None]) -> None:
+        """Call ``fn(layer, channel)`` when a row is picked."""
+        self._on_select.append(fn)
+
+    def set(self, top: dict[str, dict[str, list]], generality: dict[str, Generality]) -> None:
+        """Fill the table: ``top[metric][layer]`` the chosen channels, ``generality[layer]`` each layer's.
+
+        Parameters
+        ----------
+        top : dict
+            ``{"correlation": {layer: [channel, ...]}, "precision": {...}}``, as ``NeuronScores.top`` gives.
+        generality : dict of str to Generality
+            The layers whose examples were found; the others are left out.
+        """
+        chosen: dict[tuple[str, int], list[str]] = {}
+        for metric in ("correlation", "precision"):
+            for layer, channels in top.get(metric, {}).items():
+                for c in channels:
+                    chosen.setdefault((layer, int(c)), []).append(metric)
+        self.rows = []
+        for (layer, c), by in chosen.items():
+            gen = generality.get(layer)
+            if gen is None or c >= gen.share.numel():
+                continue
+            entropy = None if gen.entropy is None else float(gen.entropy[c])
+            self.rows.append({"layer": layer, "channel": c, "chosen by": " & ".join(by),
+                              "share": float(gen.share[c]), "entropy": entropy})
+        means = []
+        for metric in ("correlation", "precision"):
+            shares = [r["share"] for r in self.rows if metric in r["chosen by"]]
+            if shares:
+                means.append(f"{metric} top-k {np.mean(shares):.0%}")
+        self.summary.value = ("<span style='font-size:12px'>mean share of images fired on: " + " · ".join(means)
+                              + "</span>") if means else "generality: once the data-set examples are found"
+        self._fill()
+
+    def sorted_rows(self) -> list[dict]:
+        """The rows in the chosen order."""
+        key = self.sort.value
+        if key == "channel":
+            return sorted(self.rows, key=lambda r: (r["layer"], r["channel"]))
+        sign = -1.0 if key == "share-" else 1.0
+        return sorted(self.rows, key=lambda r: (sign * r["share"], r["layer"], r["channel"]))
+
+    def _fill(self) -> None:
+        rows = self.sorted_rows()
+        self._quiet = True
+        try:
+            self.table.options = [
+                (f"{r['layer']} · ch {r['channel']:<4d} {r['share']:>4.0%}"
+                 + ("" if r["entropy"] is None or r["entropy"] != r["entropy"] else f" · H {r['entropy']:.2f}")
+                 + f"  ({r['chosen by']})", i) for i, r in enumerate(rows)]
+            self.table.value = None
+        finally:
+            self._quiet = False
+        self._shown = rows
+
+    def _picked(self, change: dict) -> None:
+        if self._quiet or change["new"] is None:
+            return
+        row = self._shown[int(change["new"])]
+        for fn in self._on_select:
+            fn(row["layer"], row["channel"])

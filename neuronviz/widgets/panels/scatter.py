@@ -111,6 +111,15 @@ class NeuronScatter:
             mark.on_element_click(self._highlight_clicked)
 
         self.legend = W.HTML(value="")
+        # colour by layer, or (once the data-set examples are found) by each channel's generality
+        self.generality: dict[str, np.ndarray] = {}
+        self.generality_scale = bqplot.ColorScale(min=0.0, max=1.0, scheme="viridis")
+        self.colour_by = W.Dropdown(options=[("layer", "layer")], value="layer", description="colour by",
+                                    tooltip="generality: the share of data-set images the channel fires on "
+                                            "(once the examples are found)",
+                                    style={"description_width": "60px"}, layout=W.Layout(width="220px"))
+        self.colour_by.add_class("nv-colour-by")
+        self.colour_by.observe(lambda _c: self._recolour(), names="value")
         self.mode = W.ToggleButtons(options=["click", "brush", "lasso"], value="click",
                                     tooltips=["click a point to select its neuron",
                                               "drag a box to list the neurons in it",
@@ -125,7 +134,8 @@ class NeuronScatter:
         self.mode.observe(self._mode_changed, names="value")
         self.points_mark.observe(self._points_selected, names="selected")
         self.brushed.observe(self._brushed_picked, names="value")
-        self.widget = W.VBox([self.figure, W.HBox([W.Label("select by"), self.mode]), self.legend, self.brushed])
+        self.widget = W.VBox([self.figure, W.HBox([W.Label("select by"), self.mode, self.colour_by]), self.legend,
+                              self.brushed])
 
     # -- public
 
@@ -155,6 +165,8 @@ class NeuronScatter:
                 self.points_mark.x, self.points_mark.y, self.points_mark.color = x, y, colour
             self._set_brushed([])
         self.set_top(scores, k)
+        if self.colour_by.value != "layer":
+            self._recolour()
         dots = " ".join(
             f'<span style="color:{c};font-size:16px">●</span>&nbsp;{html.escape(name)}&nbsp;&nbsp;'
             for name, c in zip(self.layers, colours)
@@ -164,6 +176,36 @@ class NeuronScatter:
             f'<span style="color:{BOTH_COLOUR}">◯</span> both&nbsp;&nbsp;□ selected&nbsp;&nbsp;'
             "(top edge: precision ∞, bottom edge: dead channel)</div>"
         )
+
+    def set_generality(self, share: dict[str, np.ndarray]) -> None:
+        """Each layer's (C,) generality share (:meth:`neuronviz.TopExamples.generality`): colour by it on request.
+
+        Adds "generality" to the colour-by choices; layers not given are drawn at 0.
+        """
+        self.generality = {name: np.asarray(v, dtype=np.float64) for name, v in share.items()}
+        options = [("layer", "layer"), ("generality (share of images it fires on)", "generality")]
+        if list(self.colour_by.options) != options:
+            self.colour_by.options = options
+        if self.colour_by.value == "generality":
+            self._recolour()
+
+    def point_generality(self) -> np.ndarray:
+        """(n,) the generality share of every point, in point order (NaN where unknown)."""
+        return np.array([float(self.generality[name][c]) if name in self.generality
+                         and c < len(self.generality[name]) else np.nan for name, c in self.points])
+
+    def _recolour(self) -> None:
+        """Colour the points by layer, or by generality on a 0-1 viridis scale."""
+        if not self.points:
+            return
+        if self.colour_by.value == "generality":
+            scale, colour = self.generality_scale, np.nan_to_num(self.point_generality(), nan=0.0)
+        else:
+            layer_of = {name: i for i, name in enumerate(self.layers)}
+            scale, colour = self.colour_scale, np.array([layer_of[name] for name, _ in self.points])
+        with self.points_mark.hold_sync():  # one message: the browser redraws the points once
+            self.points_mark.scales = {**self.points_mark.scales, "color": scale}
+            self.points_mark.color = colour
 
     def set_top(self, scores: NeuronScores, k: int) -> None:
         """Mark each metric's top ``k`` (call again when ``k`` changes)."""
