@@ -76,7 +76,7 @@
   });
   document.addEventListener("mouseover", function (ev) {
     var el = ev.target.closest ? ev.target.closest("[data-key]") : null;
-    if (el) { setText("nv-hover", (el.getAttribute("data-label") || "") + " \u00b7 " + info(el)); }
+    if (el) { setText("nv-hover", info(el)); }  // the numbers start with the neuron's name
   });
   all("input.nv-opacity").forEach(function (slider) {
     function apply() {
