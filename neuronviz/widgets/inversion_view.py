@@ -304,7 +304,8 @@ class InversionView(View):
         self.info.add_class("nv-inversion-info")
         self.masks.show(None)
         self.faithfulness = CurvesSection(self._prepare_curves, label="Deletion curves", tooltip=(
-            "remove (insert) the pixels in the order of the stage-2 mask, against random masks"))
+            "remove (insert) the pixels in the order of the stage-2 mask, against random masks"),
+            key=lambda: self.result)
         return [W.HBox([*self.masks.widgets, W.VBox([self.losses, self.info])], layout=W.Layout(flex_flow="row wrap")),
                 self.faithfulness.widget]
 

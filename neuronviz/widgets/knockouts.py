@@ -71,14 +71,15 @@ def curve_ks(scores: NeuronScores) -> list[int]:
 
 
 def pcace_curves(model: nn.Module, images: torch.Tensor, scores: PCACEScores, *, n_images: int,
-                 criteria: bool = True, progress: Progress | None = None) -> FaithfulnessCurves:
+                 criteria: bool = False, progress: Progress | None = None) -> FaithfulnessCurves:
     """The PCACE view's deletion curve of one layer: its PCACE ranking against random ones (and the criteria).
 
     The target is the logit PCACE explained, evaluated on the first ``n_images`` images (the
     mean over them). With ``criteria``, the correlation and precision rankings of the layer
     over all the images (:func:`neuronviz.score_neurons` with ``samples=images``, one more
     pass over them) are drawn too, each if it ranks at least as many channels as the curve's
-    last point.
+    last point; the view leaves them out, since they cost about as much again as the curve
+    (``benchmarks/RESULTS.md``).
 
     Parameters
     ----------
@@ -91,7 +92,7 @@ def pcace_curves(model: nn.Module, images: torch.Tensor, scores: PCACEScores, *,
     n_images : int
         Images the curve is evaluated on.
     criteria : bool
-        Also the correlation and precision rankings.
+        Also the correlation and precision rankings (default no).
     progress : callable, optional
         ``progress(done, total)``; raising from it cancels.
 
@@ -164,6 +165,10 @@ class CurvesSection:
         The button's.
     not_ready : str
         The status when ``prepare`` returns None.
+    key : callable, optional
+        What the curves are of (e.g. the shown layer's scores), compared by identity: a
+        :meth:`refresh` while the key is unchanged keeps the curves (a new top-k redraws the
+        view, not its curves).
     width, height : int
         Size of each plot.
 
@@ -180,8 +185,11 @@ class CurvesSection:
     """
 
     def __init__(self, prepare: Callable[[], Callable[[Progress], Curves] | None], *, label: str = "Deletion curves",
-                 tooltip: str = "", not_ready: str = "run the view first", width: int = 300, height: int = 220) -> None:
+                 tooltip: str = "", not_ready: str = "run the view first", key: Callable[[], object] | None = None,
+                 width: int = 300, height: int = 220) -> None:
         self._prepare = prepare
+        self._key_of = key
+        self._key: object = None
         self.not_ready = not_ready
         self.panel = FaithfulnessPanel(width=width, height=height)
         self.button = W.Button(description=label, icon="line-chart", tooltip=tooltip)
@@ -203,6 +211,8 @@ class CurvesSection:
         bool
             Whether a computation started.
         """
+        if self._key_of is not None and self._key is not None and self._key_of() is self._key:
+            return False  # the same curves: drawn, or on their way
         if self.follow:
             return self.start()
         self.clear()
@@ -223,6 +233,7 @@ class CurvesSection:
             self._generation += 1
             mine = self._generation
             self.curves = None
+        self._key = self._key_of() if self._key_of is not None else None
         work = self._prepare()
         if work is None:
             self.status.value = html.escape(self.not_ready)
@@ -248,8 +259,8 @@ class CurvesSection:
                 if self._generation != mine:
                     return
                 self.curves = curves
-            self.panel.show(curves)
-            self.status.value = ""
+                self.panel.show(curves)
+                self.status.value = ""
 
         thread = threading.Thread(target=run, daemon=True, name="neuronviz-curves")
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
@@ -261,6 +272,7 @@ class CurvesSection:
         with self._lock:
             self._generation += 1
             self.curves = None
+            self._key = None
         self.panel.show(None)
         self.status.value = html.escape(text)
 
@@ -296,7 +308,8 @@ class KnockoutSection:
         self.what = W.Dropdown(options=WHAT, value=WHAT[0], layout=W.Layout(width="150px"))
         self.section = CurvesSection(self._prepare_curves, label="Deletion curves",
                                      tooltip="knock out the top-k of correlation, precision and random rankings of "
-                                             "the shown layers, k up to 32 (one batched pass per batch of sets)")
+                                             "the shown layers, k up to 32 (one batched pass per batch of sets)",
+                                     key=self._scores)
         self.panel, self.button, self.status = self.section.panel, self.section.button, self.section.status
         self._of: NeuronScores | None = None  # the scores the curves were drawn for
         self._threads: list[threading.Thread] = []

@@ -247,8 +247,8 @@ class PCACEView(View):
         self.layer_picker.observe(lambda c: None if self._quiet or c["new"] is None else self._pick_layer(c["new"]),
                                   names="value")
         self.faithfulness = CurvesSection(self._prepare_curves, label="Deletion curve", tooltip=(
-            "knock out the shown layer's top-k channels by PCACE, correlation, precision and random rankings; "
-            "the logit on the shown images"))
+            "knock out the shown layer's top-k channels by PCACE and by random rankings; the logit on the shown "
+            "images"), key=lambda: self.scores)
         self.opacity.observe(self._opacity_moved, names="value")
         self.examples = ExamplesSection(self, getattr(self, "_example_source", None),
                                         how=how_to_give("nv.PCACEView(model, images, examples=dataset)"))

@@ -42,15 +42,16 @@ def same_curves(a: nv.FaithfulnessCurves, b: nv.FaithfulnessCurves) -> None:
             assert cb.seeds is not None and np.allclose(ca.seeds, cb.seeds, atol=1e-6, rtol=0)
 
 
-def pcace_direct(net, images, scores, n_shown) -> nv.FaithfulnessCurves:
+def pcace_direct(net, images, scores, n_shown, criteria=False) -> nv.FaithfulnessCurves:
     """The shown layer's curve computed here, from the documented recipe."""
     layer, n = scores.layer, scores.ranking.numel()
-    criteria = nv.score_neurons(net, images[:1], [layer], target=scores.target, output="logit", samples=images)
     rankings = {"pcace": {layer: scores.ranking.tolist()}}
-    for metric in ("correlation", "precision"):
-        ranked = criteria.top(metric, n)[layer]
-        if len(ranked) >= min(32, n):
-            rankings[metric] = {layer: ranked}
+    if criteria:
+        ns = nv.score_neurons(net, images[:1], [layer], target=scores.target, output="logit", samples=images)
+        for metric in ("correlation", "precision"):
+            ranked = ns.top(metric, n)[layer]
+            if len(ranked) >= min(32, n):
+                rankings[metric] = {layer: ranked}
     return nv.deletion_curve(net, images[:1], rankings, ks=view_ks(n), random=3, target=scores.target,
                              output="logit", samples=images[:n_shown])
 
@@ -66,7 +67,7 @@ def test_the_pcace_view_draws_the_shown_layers_deletion_curve_after_a_run(snapsh
     v.faithfulness.wait(60)
     curves = v.faithfulness.curves
     assert curves is not None, v.faithfulness.status.value
-    assert curves.groups == [v.layer] and curves.rankings[0] == "pcace" and curves.rankings[-1] == "random"
+    assert curves.groups == [v.layer] and curves.rankings == ["pcace", "random"]
     assert [f.title for f in v.faithfulness.panel.figures] == [v.layer]
     same_curves(curves, pcace_direct(net, images, v.scores, v.n_shown))
     other = next(layer for layer in LAYERS if layer != v.layer)
@@ -144,3 +145,30 @@ def test_the_explorer_redraws_its_curves_for_a_new_run_once_they_were_asked_for(
     same_curves(again, nv.deletion_curve(net, x, w.scores, ks=view_ks(min(
         len(v) for m in ("correlation", "precision") for v in w.scores.top(m, 64).values())), random=3))
     w.close()
+
+
+def test_a_new_top_k_keeps_the_pcace_curve_and_a_new_layer_is_computed_again():
+    net, images = gated_cnn(), image_set()
+    v = PCACEView(net, images, LAYERS)
+    v.wait(60)
+    v.faithfulness.start()
+    v.faithfulness.wait(60)
+    drawn = v.faithfulness.curves
+    v.top_k = 2  # the bars and the grid change, not the ranking
+    assert v.faithfulness.curves is drawn
+    first = v.layer
+    v.layer = next(layer for layer in LAYERS if layer != first)
+    v.layer = first  # back: computed again for the shown layer
+    v.faithfulness.wait(60)
+    assert v.faithfulness.curves is not drawn and v.faithfulness.curves.groups == [first]
+    v.close()
+
+
+def test_the_pcace_recipe_adds_the_criteria_of_the_same_images_on_request():
+    from neuronviz.widgets.knockouts import pcace_curves
+
+    net, images = gated_cnn(), image_set()
+    scores = nv.pcace(net, images, "conv2", target=1)
+    got = pcace_curves(net, images, scores, n_images=2, criteria=True)
+    assert got.rankings == ["pcace", "correlation", "precision", "random"]
+    same_curves(got, pcace_direct(net, images, scores, 2, criteria=True))
