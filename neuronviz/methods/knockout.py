@@ -251,7 +251,9 @@ def to_layout(mask: torch.Tensor, layout: Layout, ndim: int) -> torch.Tensor:
     -------
     torch.Tensor
         A mask that broadcasts over the output: a channel covers every position (every token,
-        class tokens included); a unit of a token layer covers its patch token only.
+        class tokens included); a unit of a token layer covers its patch token only (units
+        covering every patch token of a feature are the feature, so its class tokens too: a
+        channel set batched with unit sets is knocked out as when alone).
     """
     if layout.kind == "channels_last":
         if mask.dim() == 2:
@@ -261,9 +263,9 @@ def to_layout(mask: torch.Tensor, layout: Layout, ndim: int) -> torch.Tensor:
         if mask.dim() == 2:
             return mask.unsqueeze(1)
         tokens = mask.reshape(mask.shape[0], mask.shape[1], -1).transpose(1, 2)  # (B, L - extra, D)
-        if layout.extra_tokens:
-            lead = tokens.new_zeros((tokens.shape[0], layout.extra_tokens, tokens.shape[2]))
-            tokens = torch.cat([lead, tokens], dim=1)
+        if layout.extra_tokens:  # a feature knocked out on every patch token is the feature: class tokens too
+            whole = tokens.bool().all(dim=1, keepdim=True).to(tokens.dtype)
+            tokens = torch.cat([whole.expand(-1, layout.extra_tokens, -1), tokens], dim=1)
         return tokens
     return _expand(mask, ndim)
 

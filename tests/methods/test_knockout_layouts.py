@@ -100,6 +100,27 @@ def test_a_token_feature_is_knocked_out_on_every_token_and_a_unit_on_its_patch_o
     snap.assert_unchanged()
 
 
+def test_a_channels_last_unit_is_one_position_of_its_channel():
+    net, x = ChannelsLast(), image()
+    eff = nv.knockout_effect(net, x, {"proj": [(2, 5, 1)]}, target=0, output="logit")  # channel 2 at (5, 1)
+    assert abs(float(eff.effect[0]) - float(HEAD[0, 2] * B[2]) / 64) < 1e-6  # one of 8 x 8 positions
+
+
+@pytest.mark.parametrize("make", [ChannelsLast, Tokens], ids=["channels_last", "tokens"])
+@pytest.mark.parametrize("how", ["zero", "mean", 0.3])
+def test_batched_sets_equal_each_set_alone(make, how):
+    net, x = make(), image(4)
+    with torch.no_grad():  # weights that mix the channels, so each set moves the output its own way
+        layer = net.proj if make is ChannelsLast else net.encoder
+        layer.weight.copy_(torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(1)))
+    name = "proj" if make is ChannelsLast else "encoder"
+    sets = [{name: [0]}, {name: [1, 3]}, {name: [(2, 1, 1)]}, {name: [0, 1, 2, 4]}]
+    together = nv.knockout_effect(net, x, sets, target=1, output="logit", how=how, batch_size=3, n_samples=4)
+    for i, one in enumerate(sets):
+        alone = nv.knockout_effect(net, x, one, target=1, output="logit", how=how, n_samples=4)
+        assert abs(float(together.knocked[i]) - float(alone.knocked[0])) < 1e-6
+
+
 @pytest.mark.parametrize("make", [ChannelsLast, Tokens], ids=["channels_last", "tokens"])
 def test_the_mean_knockout_of_a_constant_channel_changes_nothing(make):
     net, x = make(), image(2)
