@@ -6,7 +6,12 @@ The default demo (``nv.demo()``, 48 copies) in a fresh JupyterLab server and ker
   (imports, model loading and the first run included);
 * click to overlay: a click on a scatter point -> the overlay image replaced (median of N
   clicks on different neurons; target < 200 ms on a CPU);
-* full run: the Run button clicked -> the status says done (median of R runs).
+* full run: the Run button clicked -> the status says done (median of R runs);
+* live mode (``--live L`` steps, the first right after the first run, while the data-set examples
+  are still being searched): one ArrowRight on the samples slider -> the first refreshed scatter
+  (its title says "copies so far") and -> the final picture (status done and the final scatter);
+  each step is followed by a plain run of the same settings with live off (Run -> done), so the
+  final picture is compared with a plain run in the same conditions (medians of the L pairs).
 
 Times are taken in the page (``performance.now()`` of the mouse press and of the DOM change,
 seen by a MutationObserver), so they include the round trip to the kernel and the drawing.
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import statistics
 import sys
 import tempfile
@@ -109,10 +115,74 @@ def full_run(page) -> float:
     return (done[-1] - pressed) / 1000
 
 
+# Live mode: key presses, and every change of the scatter's title and of the status (page clock).
+_LIVE_JS = """
+() => {
+  if (window.__nvLiveObs) window.__nvLiveObs.disconnect();
+  const m = window.__nvLive = {titles: [], statuses: []};
+  if (!window.__nvKeys) {
+    window.__nvKeys = [];
+    document.addEventListener('keydown', () => window.__nvKeys.push(performance.now()), true);
+  }
+  const snap = () => {
+    const t = performance.now(), root = document.querySelector('%s');
+    if (!root) return;
+    const h = root.querySelector('.nv-scatter .mainheading'), s = root.querySelector('.nv-status');
+    const title = h ? h.textContent : '', status = s ? s.textContent.trim() : '';
+    if (title !== m.title) { m.titles.push({t, v: title}); m.title = title; }
+    if (status !== m.status) { m.statuses.push({t, v: status}); m.status = status; }
+  };
+  window.__nvLiveObs = new MutationObserver(snap);
+  window.__nvLiveObs.observe(document.body, {subtree: true, childList: true, characterData: true});
+  snap();
+}
+""" % ex.ROOT
+
+
+def _live_marks(page, n: int) -> dict | None:
+    """Key press -> first partial scatter, -> final picture (s), and the run's own time; None until final."""
+    marks = page.evaluate("() => ({live: window.__nvLive, keys: window.__nvKeys || []})")
+    if not marks["keys"]:
+        return None
+    key = marks["keys"][-1]
+    titles = [e for e in marks["live"]["titles"] if e["t"] >= key]
+    partial = [e["t"] for e in titles if "copies so far" in e["v"]]
+    done = [e for e in marks["live"]["statuses"] if e["t"] >= key and e["v"].startswith(f"done · {n} copies")]
+    if not partial or not done:
+        return None
+    final_titles = [e["t"] for e in titles if e["t"] > partial[0] and "copies so far" not in e["v"]]
+    if not final_titles:
+        return None
+    m = re.search(r"in ([\d.]+) s", done[0]["v"])
+    return {"first_partial_s": (partial[0] - key) / 1000, "final_s": (max(done[0]["t"], final_titles[0]) - key) / 1000,
+            "run_s": float(m.group(1)) if m else None, "partials": len(partial)}
+
+
+def live_step(page) -> dict:
+    """One ArrowRight on the samples slider in live mode: the times of :func:`_live_marks`."""
+    box = page.locator(f"{ex.ROOT} .nv-live input")
+    if not box.is_checked():
+        box.click()
+    n = int(page.locator(f"{ex.ROOT} .nv-samples .widget-readout").inner_text()) + 1
+    page.evaluate(_LIVE_JS)
+    pages.press_key_on(page.locator(f"{ex.ROOT} .nv-samples .noUi-handle"), "ArrowRight")
+    marks = pages.wait_until(lambda: _live_marks(page, n), 600, f"the live run of {n} copies")
+    return {"copies": n, **marks}
+
+
+def plain_run(page) -> float:
+    """Live off, then Run -> done (s), for the settings of the last live step."""
+    box = page.locator(f"{ex.ROOT} .nv-live input")
+    if box.is_checked():
+        box.click()
+    return full_run(page)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clicks", type=int, default=10)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--live", type=int, default=3, help="live-mode steps, each followed by a plain run")
     ap.add_argument("--demo-args", default="", help="arguments of nv.demo(...) in the notebook, e.g. \"n_samples=48\"")
     args = ap.parse_args()
     missing = servers.missing_requirements()
@@ -138,6 +208,11 @@ def main() -> None:
                     visible_s, first_done_s = cell_to_widget(page)
                     pages.wait_cells_done(page)
                     ex.wait_settled(page)
+                    live: list[dict] = []
+                    for _ in range(args.live):  # the first while the data-set examples are searched
+                        live.append(live_step(page))
+                        live[-1]["plain_run_s"] = plain_run(page)
+                        print("NV-LIVE", json.dumps(live[-1]), flush=True)
                     layout = ex.parse_channels(pages.cell_output(page, 1))
                     n_samples = int(page.locator(f"{ex.ROOT} .nv-samples .widget-readout").inner_text())
                     clicks_ms, missed = click_to_overlay(page, layout, args.clicks)
@@ -158,8 +233,16 @@ def main() -> None:
     print(f"| {machine} | {visible_s:.1f} s | {first_done_s:.1f} s | **{click_ms:.0f} ms** | {run_s:.1f} s |")
     print(f"clicks missed (landed on no point, not timed): {missed}; click times: "
           + ", ".join(f"{t:.0f}" for t in clicks_ms) + " ms")
+    if live:
+        first = statistics.median(e["first_partial_s"] for e in live)
+        final = statistics.median(e["final_s"] for e in live)
+        plain = statistics.median(e["plain_run_s"] for e in live)
+        ratio = statistics.median(e["final_s"] / e["plain_run_s"] for e in live)
+        print(f"| {machine} | {live[0]['copies']}-{live[-1]['copies']} | **{first:.2f} s** | {final:.2f} s | "
+              f"{plain:.2f} s | **{ratio:.2f}x** |  (live: slider key -> first partial scatter, -> final picture, "
+              f"plain Run -> done, final / plain; medians of {len(live)})")
     print(json.dumps({
-        "machine": machine, "cell_to_visible_s": visible_s, "cell_to_first_done_s": first_done_s,
+        "machine": machine, "live": live, "cell_to_visible_s": visible_s, "cell_to_first_done_s": first_done_s,
         "click_to_overlay_ms": clicks_ms, "clicks_missed": missed, "run_s": runs_s, "n_samples": n_samples, "channels": channels,
     }))
 

@@ -313,7 +313,7 @@ class NeuronExplorer(View):
             self.model, self.x, list(s.layers), target=s.target, n_samples=s.n_samples, perturbation=perturbation,
             seed=s.seed, device=dev, batch_size=_CPU_BATCH if dev.type == "cpu" else None, progress=job.progress,
             keep_channel_means=True, keep_maps=[0, *strip], bootstrap=_BOOTSTRAP,
-            on_batch=getattr(job, "publish", None),
+            on_batch=lambda partial: _publish_short(job, partial, s.n_samples),
         )
         job.check()
         kept = {layer: torch.stack([_chw(a) for a in m]) for layer, m in (scores.maps or {}).items()}
@@ -366,7 +366,7 @@ class NeuronExplorer(View):
 
     def show_partial(self, scores: NeuronScores) -> None:
         """A live run's scores of the copies so far: the scatter and the lists refine; intervals come at the end."""
-        self.scatter.set_scores(scores, self.top_k)
+        self.scatter.set_scores(scores, self.top_k, partial=True)
         self.scatter.figure.title = f"every channel · {scores.n_samples} copies so far"
         self.lists.set_scores(scores, self.top_k)
         self.intervals.clear(f"intervals after the run ({scores.n_samples} copies so far)")
@@ -505,6 +505,13 @@ def _neuron_info(scores: NeuronScores, layer: str, channel: int) -> str:
         parts[-1] += " · left out of the precision selection"
     parts.append(f"mean activation {float(scores.mean_activation[layer][channel]):.3g}")
     return "<div style='font-size:12px'>" + "<br>".join(parts) + "</div>"
+
+
+def _publish_short(job: Any, partial: NeuronScores, n: int) -> None:
+    """Publish a live run's partial scores, but not those of all ``n`` copies: the whole result follows at once."""
+    publish = getattr(job, "publish", None)
+    if publish is not None and partial.n_samples < n:
+        publish(partial)
 
 
 def _chw(a: torch.Tensor) -> torch.Tensor:

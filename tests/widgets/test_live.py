@@ -86,10 +86,10 @@ def test_a_live_run_shows_the_copies_seen_so_far_then_the_whole_run(w, monkeypat
         original(scores)
 
     monkeypatch.setattr(w, "show_partial", spy)
-    w.controls["n_samples"].value = 40  # 3 batches of 16 on a CPU
+    w.controls["n_samples"].value = 40  # a first batch of 8 (an early first picture), then batches of 16 on a CPU
     w.wait(60)
-    assert partial == [16, 32, 40]
-    assert shown_before == [6, 6, 6]
+    assert partial == [8, 24]  # the scores of all 40 copies come as the whole result, at once
+    assert shown_before == [6, 6]
     assert w.scores.n_samples == 40 and w.scatter.figure.title == "every channel"
     assert w.intervals.rows  # the complete run has its intervals again
 

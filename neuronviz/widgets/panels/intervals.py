@@ -93,6 +93,8 @@ class IntervalPanel:
         """No intervals (e.g. while a live run refines): empty whiskers and table."""
         self.rows, self.whiskers = {}, []
         for mark in (self.h_mark, self.v_mark):
+            if len(mark.x) == 0:
+                continue  # already empty: no message (each partial of a live run clears)
             with mark.hold_sync():
                 mark.x, mark.y = np.zeros((0, 2)), np.zeros((0, 2))
         self.table.value = f"<span style='font-size:11px;color:#555'>{html.escape(note)}</span>" if note else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 
 import bqplot
 import ipywidgets as W
@@ -45,6 +46,38 @@ def scatter_positions(corr: np.ndarray, prec: np.ndarray) -> tuple[np.ndarray, n
     y = np.where(finite, prec, np.where(np.isposinf(prec), top, bottom))
     x = np.nan_to_num(corr, nan=0.0)
     return x, y, bottom / 1.4, top * 1.4
+
+
+#: The axes stay while the points need at least 1 / AXES_SLACK of their (log) y range and x range.
+AXES_SLACK = 1.5
+#: Factor of room the axes leave beyond the points when they change.
+AXES_HEADROOM = 1.25
+
+
+def _snug(axes: tuple, needed: tuple[float, float, float]) -> bool:
+    """Whether the axes (y_min, y_max, x_max) hold the ``needed`` ones with little room to spare."""
+    (lo, hi, x), (n_lo, n_hi, n_x) = (tuple(float(v) for v in axes), needed)
+    if not (lo <= n_lo and n_hi <= hi and n_x <= x):
+        return False
+    return math.log(hi / lo) <= AXES_SLACK * math.log(n_hi / n_lo) and x <= AXES_SLACK * n_x
+
+
+def _positions(corr: np.ndarray, prec: np.ndarray, y_min: float, y_max: float,
+               x_max: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`scatter_positions` on given axes: +inf on the top edge, NaN on the bottom, the rest clipped in."""
+    top, bottom = y_max / 1.4, y_min * 1.4
+    finite = np.isfinite(prec) & (prec > 0)
+    y = np.where(finite, np.clip(np.where(finite, prec, 1.0), bottom, top), np.where(np.isposinf(prec), top, bottom))
+    return np.minimum(np.nan_to_num(corr, nan=0.0), x_max), y
+
+
+def _set_changed(widget: W.Widget, **values: object) -> None:
+    """Set the traits of ``widget`` that differ from ``values``, in one message."""
+    changed = {name: v for name, v in values.items() if getattr(widget, name) != v}
+    if changed:
+        with widget.hold_sync():
+            for name, v in changed.items():
+                setattr(widget, name, v)
 
 
 class NeuronScatter:
@@ -143,23 +176,36 @@ class NeuronScatter:
         """Call ``fn(layer, channel)`` when the user selects a neuron here."""
         self._on_select.add(fn)
 
-    def set_scores(self, scores: NeuronScores, k: int) -> None:
-        """Plot every channel of ``scores`` and mark each metric's top ``k``."""
+    def set_scores(self, scores: NeuronScores, k: int, *, partial: bool = False) -> None:
+        """Plot every channel of ``scores`` and mark each metric's top ``k``.
+
+        In the browser a change of an axis redraws every mark and the axes, several times the
+        cost of moving the points, so the axes stay while the points fit them snugly
+        (:data:`AXES_SLACK`), and take some headroom when they change. A ``partial`` picture
+        (of a live run) never changes them: its points are clipped to the axes' edges.
+        """
         self.layers = list(scores.layers)
         self.points = [(layer, c) for layer in self.layers for c in range(scores.correlation[layer].numel())]
         self.index = {p: i for i, p in enumerate(self.points)}
         corr = np.concatenate([scores.correlation[name].double().reshape(-1).numpy() for name in self.layers])
         prec = np.concatenate([scores.precision[name].double().reshape(-1).numpy() for name in self.layers])
         self.values = {"correlation": corr, "precision": prec}
-        x, y, y_min, y_max = scatter_positions(corr, prec)
+        _x, _y, y_min, y_max = scatter_positions(corr, prec)
+        x_max = float(max(0.05, min(1.0, _x.max() * 1.08 + 0.01)))
+        current = (self.y_scale.min, self.y_scale.max, self.x_scale.max)
+        if None not in current and (partial or _snug(current, (y_min, y_max, x_max))):
+            y_min, y_max, x_max = (float(v) for v in current)  # type: ignore[arg-type]
+        elif None not in current:  # new axes, with headroom so that the next runs fit them
+            y_min, y_max, x_max = y_min / AXES_HEADROOM, y_max * AXES_HEADROOM, min(1.0, x_max * AXES_HEADROOM)
+        x, y = _positions(corr, prec, y_min, y_max, x_max)
         self.x, self.y = x, y
         colour = np.concatenate([np.full(scores.correlation[name].numel(), i) for i, name in enumerate(self.layers)])
         colours = [layer_colour(i) for i in range(len(self.layers))]
         with self._quiet:
-            self.colour_scale.domain = list(range(len(self.layers)))
-            self.colour_scale.colors = colours
-            self.y_scale.min, self.y_scale.max = y_min, y_max
-            self.x_scale.max = float(max(0.05, min(1.0, x.max() * 1.08 + 0.01)))
+            # each message that changes a scale redraws every point in the browser: one per scale, if any
+            _set_changed(self.colour_scale, domain=list(range(len(self.layers))), colors=colours)
+            _set_changed(self.y_scale, min=y_min, max=y_max)
+            _set_changed(self.x_scale, max=x_max)
             with self.points_mark.hold_sync():
                 self.points_mark.selected = None
                 self.points_mark.x, self.points_mark.y, self.points_mark.color = x, y, colour

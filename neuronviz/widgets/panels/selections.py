@@ -18,6 +18,19 @@ __all__ = ["SelectionLists", "excluded_text"]
 Neuron = tuple[str, int]
 
 
+def _entries(scores: NeuronScores, metric: str, layer: str, chosen: list, both: set) -> list[tuple[str, int]]:
+    """The (label, channel) options of one list."""
+    values = scores.metric(metric)[layer]
+    return [(f"{'◆' if c in both else ' '} ch {c:<4d} {format_score(metric, float(values[c]))}", c) for c in chosen]
+
+
+def _head(i: int, layer: str, top_c: dict, top_p: dict) -> str:
+    """The HTML line above a layer's lists: its colour, name and overlap."""
+    layer_ov = overlap({layer: top_c[layer]}, {layer: top_p[layer]})
+    return (f"<span style='color:{layer_colour(i)};font-size:15px'>●</span> <b>{html.escape(layer)}</b> "
+            f"<span style='font-size:11px;color:#555'>overlap {_fmt_overlap(layer_ov)}</span>")
+
+
 class SelectionLists:
     """Per layer, the top-k by correlation beside the top-k by precision; picking an entry selects it.
 
@@ -36,6 +49,8 @@ class SelectionLists:
         self._on_select = Callbacks()
         self._quiet = Quiet()
         self.lists: dict[tuple[str, str], W.Select] = {}
+        self._heads: dict[str, W.HTML] = {}
+        self._layers: list[str] = []  # the layers the lists are built for
         self.overlap = W.HTML(value="")
         self.overlap.add_class("nv-overlap")
         self.excluded = W.HTML(value="")
@@ -58,17 +73,17 @@ class SelectionLists:
             f"Jaccard {_fmt_overlap(jac)} · <span style='color:{BOTH_COLOUR}'>◆</span> chosen by both"
         )
         self.excluded.value = excluded_text(scores)
+        if list(scores.layers) == self._layers:
+            self._refill(scores, k, top_c, top_p)  # the same lists: new entries, no new widgets to draw
+            return
         rows = []
         with self._quiet:
-            old, self.lists = self.rows.children, {}
+            old, self.lists, self._heads = self.rows.children, {}, {}
             for i, layer in enumerate(scores.layers):
-                both = set(top_c[layer]) & set(top_p[layer])
                 cols = []
                 for metric, chosen in (("correlation", top_c[layer]), ("precision", top_p[layer])):
-                    values = scores.metric(metric)[layer]
                     sel = W.Select(
-                        options=[(f"{'◆' if c in both else ' '} ch {c:<4d} {format_score(metric, float(values[c]))}", c)
-                                 for c in chosen],
+                        options=_entries(scores, metric, layer, chosen, set(top_c[layer]) & set(top_p[layer])),
                         value=None, rows=max(1, min(k, 10)), description="", layout=W.Layout(width="170px"),
                     )
                     sel.add_class("nv-list")
@@ -76,14 +91,27 @@ class SelectionLists:
                     sel.observe(self._picked(layer), names="value")
                     self.lists[(layer, metric)] = sel
                     cols.append(W.VBox([W.HTML(f"<span style='font-size:11px'>by {metric}</span>"), sel]))
-                layer_ov = overlap({layer: top_c[layer]}, {layer: top_p[layer]})
-                head = W.HTML(
-                    f"<span style='color:{layer_colour(i)};font-size:15px'>●</span> <b>{html.escape(layer)}</b> "
-                    f"<span style='font-size:11px;color:#555'>overlap {_fmt_overlap(layer_ov)}</span>"
-                )
+                head = self._heads[layer] = W.HTML(_head(i, layer, top_c, top_p))
                 rows.append(W.VBox([head, W.HBox(cols)]))
         self.rows.children = rows
+        self._layers = list(scores.layers)
         close_widgets(old)  # the lists of the previous run are dropped: free them
+
+    def _refill(self, scores: NeuronScores, k: int, top_c: dict, top_p: dict) -> None:
+        """New entries in the lists already shown (each live partial picture does this)."""
+        with self._quiet:
+            for i, layer in enumerate(scores.layers):
+                both = set(top_c[layer]) & set(top_p[layer])
+                for metric, chosen in (("correlation", top_c[layer]), ("precision", top_p[layer])):
+                    sel = self.lists[(layer, metric)]
+                    entries = _entries(scores, metric, layer, chosen, both)
+                    if list(sel.options) != entries:
+                        with sel.hold_sync():
+                            sel.value = None
+                            sel.options = entries
+                    if sel.rows != max(1, min(k, 10)):
+                        sel.rows = max(1, min(k, 10))
+                self._heads[layer].value = _head(i, layer, top_c, top_p)
 
     def set_selected(self, neuron: Neuron | None) -> None:
         """Highlight ``neuron`` in the lists that hold it (without calling the callbacks)."""
