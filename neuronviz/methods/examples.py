@@ -854,13 +854,15 @@ def top_examples(
         model.eval()
         # The layers' outputs are recorded without a copy (a copy of each map costs as much as a
         # small network's forward pass); a hook that runs before the recording one notes each
-        # output's version counter, and a batch where a later module changed an output in place
-        # (ReLU(inplace=True)) is run again with copies, as is the rest of the pass.
+        # output's version counter: if a later module changes an output in place
+        # (ReLU(inplace=True)) in the first batch (recorded with copies), copies stay on; in a
+        # later batch, that batch is run again with copies, as is the rest of the pass.
         raw: dict[str, tuple[torch.Tensor, int]] = {}
         watch = {n: (lambda m, i, o, n=n: raw.__setitem__(n, (o, o._version)) if isinstance(o, torch.Tensor)
                      else None) for n in names}
+        first = True
         with hooks(model, watch), ActivationCapture(model, names, stop_after_last=True, layout=layout,
-                                                    copy=False) as rec:
+                                                    copy=True) as rec:
             with ranks.together("top_examples' pass over the images"):
                 for images, index, labs in src:
                     batch = check_batch(images, model, what="source", min_n=0)
@@ -871,10 +873,14 @@ def top_examples(
                     batch = batch.to(dev)
                     rec.forward(batch)
                     acts = rec.outputs()
-                    if not rec.copy and any(t._version != v for t, v in raw.values()):
+                    changed = any(t._version != v for t, v in raw.values())
+                    if changed and not rec.copy:
                         rec.copy = True
                         rec.forward(batch)
                         acts = rec.outputs()
+                    elif first:  # the first batch is recorded with copies: no run again for a model that needs them
+                        rec.copy = changed
+                    first = False
                     raw.clear()
                     rec.clear()
                     any_labels = any_labels or labs is not None

@@ -146,10 +146,23 @@ def test_generality_share_and_entropy_equal_their_definition_from_the_histogram_
         assert abs(t - float(torch.quantile(a[:, c].flatten(), 0.99))) <= width
 
 
-def test_a_layer_changed_in_place_by_a_later_module_is_ranked_as_it_left_its_own_module():
+class _InPlaceFrom(nn.Module):
+    """ReLU, in place from the ``after``-th call on."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after, self.calls = after, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.relu_() if self.calls >= self.after else x.relu()
+
+
+@pytest.mark.parametrize("after", [1, 3])  # from the first batch on, or from the third
+def test_a_layer_changed_in_place_by_a_later_module_is_ranked_as_it_left_its_own_module(after):
     torch.manual_seed(5)
     conv = nn.Conv2d(2, 4, 3)
-    model = nn.Sequential(conv, nn.ReLU(inplace=True), nn.Conv2d(4, 3, 1), nn.ReLU())
+    model = nn.Sequential(conv, _InPlaceFrom(after), nn.Conv2d(4, 3, 1), nn.ReLU())
     x = torch.randn(70, 2, 7, 7)
     with torch.no_grad():
         pre = conv(x).reshape(70, 4, -1).numpy()  # before the in-place ReLU: negative values kept
