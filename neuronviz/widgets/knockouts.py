@@ -371,7 +371,8 @@ class KnockoutSection:
         what = f"{self.what.value} ({', '.join(str(c) for c in next(iter(chosen.values())))}):"
 
         def effect() -> None:
-            eff = knockout_effect(self.view.model, self.view.x, chosen, target=scores.target, output=scores.output)
+            eff = knockout_effect(self.view.model, self.view.x, chosen, target=scores.target, output=scores.output,
+                                  layout={layer: scores.layouts.get(layer, "auto") for layer in chosen})
             if self.toggle.button.value:
                 self.effect = (what.rstrip(":"), eff.original, float(eff.knocked[0]))
                 self.toggle.show(eff.original, float(eff.knocked[0]), what)
