@@ -166,6 +166,9 @@ class InversionView(View):
     * the image with the stage-1 mask and, beside it, with the stage-2 mask, each with an
       opacity slider;
     * the loss of every step of both stages (stage 1 on the left axis, stage 2 on the right);
+    * on the button, the stage-2 mask's deletion and insertion curves against random masks
+      (:func:`neuronviz.mask_deletion_curve`; then again for every run; in the exported figure
+      once computed);
     * the settings (target class among the top predictions, ``lam``, ``delta``, the steps of
       each stage, the recipe, the background that replaces removed pixels, device), Run / Cancel, a
       progress bar (one step per Adam step), a status line and an error area; and Export.

@@ -100,6 +100,9 @@ class PCACEView(View):
     * given ``examples=``, the selected channel's data-set examples: its top-9 receptive-field
       crops with their activation and label (:func:`neuronviz.top_examples`, found once per
       layer in the background, as in the explorer);
+    * on the button, the shown layer's deletion curve: the logit on the shown images as its
+      PCACE top-k channels are knocked out, against random rankings (then again for every run
+      and shown layer; in the exported layer figure once computed);
     * the settings (layers, target class, principal components, top-k, device), Run / Cancel,
       a progress bar, a status line and an error area; and Export.
 
