@@ -373,6 +373,70 @@ def _draw_evidence(sf: SubFigure, view: ExplorerView) -> None:
             draw_curves(ax, view.curves, group, title=f"{view.curves.mode} curves · {group}")
 
 
+#: Level of the bootstrap intervals the explorer draws (whiskers, rank intervals, ties).
+INTERVAL_LEVEL = 0.9
+#: Colour of the interval whiskers on the scatter, and of the tie mark in the lists.
+WHISKER_COLOUR = "#444444"
+TIED_COLOUR = "#b35806"
+
+
+def _draw_intervals(sf_sc: SubFigure, sf_sel: SubFigure, view: ExplorerView, top_c: dict, top_p: dict) -> None:
+    """With bootstrap replicates: whiskers of the top-k's intervals on the scatter, rank intervals and ties in lists.
+
+    Horizontal whiskers are the correlation intervals, vertical ones the precision intervals
+    (an infinite bound reaches the top edge), of every neuron in either top-k; each list entry
+    gets its rank interval, ``≈`` where it is tied with the (k+1)-th. Nothing without replicates.
+    """
+    from matplotlib.collections import LineCollection
+
+    scores, k, level = view.scores, view.k, INTERVAL_LEVEL
+    if not scores.replicates:
+        return
+    ax = next(a for a in sf_sc.axes if a.get_label() == "scatter")
+    iv = {m: scores.interval(m, level) for m in ("correlation", "precision")}
+    y_top = ax.get_ylim()[1]
+    # data coordinates; and x in data with y on the top edge, for +inf precision
+    segments: list[list[tuple[float, float]]] = []
+    top_segments: list[list[tuple[float, float]]] = []
+    for layer in scores.layers:
+        (c_lo, c_hi), (p_lo, p_hi) = iv["correlation"][layer], iv["precision"][layer]
+        for c in dict.fromkeys(top_c[layer] + top_p[layer]):
+            x, y = float(scores.correlation[layer][c]), float(scores.precision[layer][c])
+            if math.isnan(x) or math.isnan(y):
+                continue  # not drawn on the scatter
+            lo, hi = float(c_lo[c]), float(c_hi[c])
+            if math.isfinite(lo) and math.isfinite(hi):
+                (segments if math.isfinite(y) else top_segments).append([(lo, y if math.isfinite(y) else 1.0),
+                                                                         (hi, y if math.isfinite(y) else 1.0)])
+            lo, hi = float(p_lo[c]), float(p_hi[c])
+            if math.isfinite(y) and math.isfinite(lo) and lo > 0:
+                segments.append([(x, lo), (x, min(hi, y_top) if not math.isnan(hi) else y)])
+    for segs, transform, gid in ((segments, ax.transData, "interval-whiskers"),
+                                 (top_segments, ax.get_xaxis_transform(), "interval-whiskers-top")):
+        if segs:
+            lines = LineCollection(segs, colors=WHISKER_COLOUR, linewidths=1.0, zorder=4, transform=transform)
+            lines.set_gid(gid)
+            ax.add_collection(lines, autolim=False)
+    ax.set_title(f"{ax.get_title()} · whiskers: {level:.0%} intervals of the top {k}", fontsize=_FS["head"])
+    for metric, chosen in (("correlation", top_c), ("precision", top_p)):
+        ranks, ties = scores.rank_interval(metric, level), scores.tied(metric, k, level)
+        for layer in scores.layers:
+            ranked = next((a for a in sf_sel.axes if a.get_label() == f"ranked:{metric}:{layer}"), None)
+            if ranked is None or not chosen[layer]:
+                continue
+            r_lo, r_hi = ranks[layer]
+            left, right = ranked.get_xlim()
+            ranked.set_xlim(left, right * 1.35)  # room for the rank intervals at the right edge
+            edge = ranked.get_yaxis_transform()  # x in axes fraction, y in data
+            for y, c, tied in zip(np.arange(len(chosen[layer]))[::-1], chosen[layer], ties[layer]):
+                text = ranked.text(1.0, y, f"{'≈ ' if tied else ''}#{r_lo[c]:.0f}–{r_hi[c]:.0f}", transform=edge,
+                                   ha="right", va="center", fontsize=_FS["cell"] - 1,
+                                   color=TIED_COLOUR if tied else "0.35")
+                text.set_gid(f"rank-interval{'-tied' if tied else ''}")
+    sf_sel.suptitle(f"{sf_sel.get_suptitle()}\n#: {level:.0%} rank interval · ≈ tied with #{k + 1}",
+                    fontsize=_FS["head"])
+
+
 def render_explorer(
     view: ExplorerView,
     *,
@@ -439,6 +503,7 @@ def render_explorer(
     _draw_scatter(sf_sc, scores, top_c, top_p)
     _mark_selected_on_scatter(sf_sc, view)
     _draw_selections(sf_sel, view)
+    _draw_intervals(sf_sc, sf_sel, view, top_c, top_p)
     _draw_detail(sf_det, view)
     _draw_strip(sf_strip, view)
     if evidence:

@@ -12,12 +12,13 @@ import numpy as np
 
 from ...methods.resampling import NeuronScores
 from ...methods.stability import replicate_stability
+from ...render.explorer import INTERVAL_LEVEL
 from ...render.formatting import format_score
 
 __all__ = ["IntervalPanel", "interval_rows", "LEVEL"]
 
-#: Level of every interval the explorer shows.
-LEVEL = 0.9
+#: Level of every interval the explorer shows (the same as its exported figure's).
+LEVEL = INTERVAL_LEVEL
 
 
 def interval_rows(scores: NeuronScores, k: int, level: float = LEVEL) -> dict[tuple[str, int], dict[str, Any]]:
