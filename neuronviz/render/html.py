@@ -388,7 +388,7 @@ def _explorer_lists(scores: NeuronScores, k: int, top_c: dict[str, list], top_p:
 
 
 def explorer_page(view: ExplorerView, *, settings: Sequence[tuple[str, object]] = (),
-                  title: str = "Neuron explorer", model: str | None = None) -> str:
+                  title: str = "Neuron explorer", model_name: str | None = None) -> str:
     """The explorer's view as one interactive HTML page.
 
     The correlation against log-precision scatter (one circle per scored channel, coloured by
@@ -408,7 +408,7 @@ def explorer_page(view: ExplorerView, *, settings: Sequence[tuple[str, object]] 
         The settings of the run, shown as a table (name, value).
     title : str
         Heading and title of the page.
-    model : str, optional
+    model_name : str, optional
         The model's class name, for the heading.
 
     Returns
@@ -489,7 +489,7 @@ def explorer_page(view: ExplorerView, *, settings: Sequence[tuple[str, object]] 
     )
     target = class_label(scores.target, view.n_classes)
     seed = f", seed {scores.seed}" if scores.perturbation is not None else ""
-    subtitle = (f"{_esc(model) + ' · ' if model else ''}explaining the {_esc(scores.output)} of <b>{_esc(target)}</b>"
+    subtitle = (f"{_esc(model_name) + ' · ' if model_name else ''}explaining the {_esc(scores.output)} of <b>{_esc(target)}</b>"
                 f" · {scores.n_samples} perturbed copies{seed} · each channel's correlation with the output against "
                 "its activation precision (Lengerich et al. 2017)")
     data = {"entries": entries, "selected": f"{selected[0]}|{selected[1]}" if selected else None,
@@ -563,7 +563,7 @@ def _channel_bars(layer: str, scores: Any, top: list[int], bottom: list[int], te
 
 def pcace_page(ranking: LayerRanking, maps: dict[str, torch.Tensor], pictures: np.ndarray | Sequence[np.ndarray], *,
                selected: tuple[str, int] | None = None, k: int | None = None,
-               settings: Sequence[tuple[str, object]] = (), title: str = "PCACE", model: str | None = None,
+               settings: Sequence[tuple[str, object]] = (), title: str = "PCACE", model_name: str | None = None,
                n_classes: int | None = None, opacity: float = 0.6) -> str:
     """A PCACE ranking as one interactive HTML page.
 
@@ -590,7 +590,7 @@ def pcace_page(ranking: LayerRanking, maps: dict[str, torch.Tensor], pictures: n
         The settings of the run, shown as a table.
     title : str
         Heading and title of the page.
-    model : str, optional
+    model_name : str, optional
         The model's class name, for the heading.
     n_classes : int, optional
         The model's number of classes (1000 names the ImageNet class).
@@ -684,7 +684,7 @@ def pcace_page(ranking: LayerRanking, maps: dict[str, torch.Tensor], pictures: n
     )
     first = ranking.layers[names[0]]
     target = class_label(first.target, n_classes)
-    subtitle = (f"{_esc(model) + ' · ' if model else ''}explaining the logit of <b>{_esc(target)}</b> over "
+    subtitle = (f"{_esc(model_name) + ' · ' if model_name else ''}explaining the logit of <b>{_esc(target)}</b> over "
                 f"{first.n_images} images · each channel's maximal correlation between the principal components of "
                 "its maps and the class logit (Casacuberta et al. 2021)")
     data = {"entries": entries, "selected": f"{layer_sel}|{channel_sel}", "shown": ids[layer_sel],
@@ -742,7 +742,7 @@ def _loss_svg(stage1: np.ndarray, stage2: np.ndarray) -> str:
 
 def inversion_page(result: InversionResult, pictures: Sequence[np.ndarray], *,
                    categories: Sequence[str] | None = None, settings: Sequence[tuple[str, object]] = (),
-                   title: str = "Guided feature inversion", model: str | None = None, opacity: float = 0.6) -> str:
+                   title: str = "Guided feature inversion", model_name: str | None = None, opacity: float = 0.6) -> str:
     """A guided feature inversion as one HTML page: each image, its stage-1 and stage-2 masks, the losses.
 
     The masks are laid over the image as drawn (no rescaling: a faint mask looks faint) with
@@ -762,7 +762,7 @@ def inversion_page(result: InversionResult, pictures: Sequence[np.ndarray], *,
         The settings of the run, shown as a table.
     title : str
         Heading and title of the page.
-    model : str, optional
+    model_name : str, optional
         The model's class name, for the heading.
     opacity : float
         Initial opacity of the masks.
@@ -813,7 +813,7 @@ def inversion_page(result: InversionResult, pictures: Sequence[np.ndarray], *,
             f"value='{min(1.0, max(0.0, float(opacity))):.2f}' data-target='.nv-heat' data-out='nv-opacity-value'> "
             f"<span id='nv-opacity-value'></span></div>{''.join(rows)}"
             f"<section class='nv-panel'><h2>settings</h2>{_settings_table(settings)}</section>")
-    subtitle = (f"{_esc(model) + ' · ' if model else ''}stage 1 keeps what reproduces the image's features at "
+    subtitle = (f"{_esc(model_name) + ' · ' if model_name else ''}stage 1 keeps what reproduces the image's features at "
                 f"<code>{_esc(result.feature_layer)}</code>, stage 2 the part that the target class needs "
                 "(Du et al. 2018)")
     return _document("inversion", title, subtitle, body, {"blank": _blank_uri(), "entries": {}}, "")

@@ -444,7 +444,7 @@ class NeuronExplorer(View):
 
     def page(self, record: ExplorerView) -> str:
         """The explorer as one interactive HTML page (:func:`neuronviz.render.html.explorer_page`)."""
-        return explorer_page(record, settings=self.page_settings(), model=self.model_name)
+        return explorer_page(record, settings=self.page_settings(), model_name=self.model_name)
 
     def static_png(self) -> bytes | None:
         """The image before the first run, the whole view after it."""

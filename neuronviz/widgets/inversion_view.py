@@ -391,7 +391,7 @@ class InversionView(View):
     def page(self, record: dict[str, Any]) -> str:
         """Both masks over the image and the losses as one HTML page (:func:`neuronviz.render.html.inversion_page`)."""
         return inversion_page(record["result"], record["pictures"], categories=record["categories"],
-                              settings=self.page_settings(), model=self.model_name,
+                              settings=self.page_settings(), model_name=self.model_name,
                               opacity=float(self.stage2.opacity.value))
 
     def static_png(self) -> bytes | None:

@@ -469,7 +469,7 @@ class PCACEView(View):
         """The ranking and every layer's channels as one HTML page (:func:`neuronviz.render.html.pcace_page`)."""
         return pcace_page(record.ranking, record.layer_maps or {record.layer: record.maps}, record.pictures,
                           selected=(record.layer, record.channel) if record.channel is not None else None,
-                          k=record.k, settings=self.page_settings(), model=self.model_name,
+                          k=record.k, settings=self.page_settings(), model_name=self.model_name,
                           n_classes=record.n_classes, opacity=float(self.opacity.value))
 
     def export_options(self) -> dict[str, Any]:
