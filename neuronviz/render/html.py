@@ -489,7 +489,8 @@ def explorer_page(view: ExplorerView, *, settings: Sequence[tuple[str, object]] 
     )
     target = class_label(scores.target, view.n_classes)
     seed = f", seed {scores.seed}" if scores.perturbation is not None else ""
-    subtitle = (f"{_esc(model_name) + ' · ' if model_name else ''}explaining the {_esc(scores.output)} of <b>{_esc(target)}</b>"
+    who = f"{_esc(model_name)} · " if model_name else ""
+    subtitle = (f"{who}explaining the {_esc(scores.output)} of <b>{_esc(target)}</b>"
                 f" · {scores.n_samples} perturbed copies{seed} · each channel's correlation with the output against "
                 "its activation precision (Lengerich et al. 2017)")
     data = {"entries": entries, "selected": f"{selected[0]}|{selected[1]}" if selected else None,
@@ -684,7 +685,8 @@ def pcace_page(ranking: LayerRanking, maps: dict[str, torch.Tensor], pictures: n
     )
     first = ranking.layers[names[0]]
     target = class_label(first.target, n_classes)
-    subtitle = (f"{_esc(model_name) + ' · ' if model_name else ''}explaining the logit of <b>{_esc(target)}</b> over "
+    who = f"{_esc(model_name)} · " if model_name else ""
+    subtitle = (f"{who}explaining the logit of <b>{_esc(target)}</b> over "
                 f"{first.n_images} images · each channel's maximal correlation between the principal components of "
                 "its maps and the class logit (Casacuberta et al. 2021)")
     data = {"entries": entries, "selected": f"{layer_sel}|{channel_sel}", "shown": ids[layer_sel],
@@ -813,7 +815,8 @@ def inversion_page(result: InversionResult, pictures: Sequence[np.ndarray], *,
             f"value='{min(1.0, max(0.0, float(opacity))):.2f}' data-target='.nv-heat' data-out='nv-opacity-value'> "
             f"<span id='nv-opacity-value'></span></div>{''.join(rows)}"
             f"<section class='nv-panel'><h2>settings</h2>{_settings_table(settings)}</section>")
-    subtitle = (f"{_esc(model_name) + ' · ' if model_name else ''}stage 1 keeps what reproduces the image's features at "
+    who = f"{_esc(model_name)} · " if model_name else ""
+    subtitle = (f"{who}stage 1 keeps what reproduces the image's features at "
                 f"<code>{_esc(result.feature_layer)}</code>, stage 2 the part that the target class needs "
                 "(Du et al. 2018)")
     return _document("inversion", title, subtitle, body, {"blank": _blank_uri(), "entries": {}}, "")

@@ -344,7 +344,7 @@ class InversionView(View):
         result = self.result
         if result is None:
             return None
-        model, x = self.model, self.x
+        model, x = self.require_model(), self.x
         return lambda progress: mask_curves(model, x, result, progress=progress)
 
     def run(self) -> Job:

@@ -28,6 +28,7 @@ import ipywidgets as W
 import torch
 from torch import nn
 
+from ..core.errors import NeuronvizError
 from ..methods.faithfulness import FaithfulnessCurves, deletion_curve, mask_deletion_curve
 from ..methods.inversion import InversionResult
 from ..methods.knockout import knockout_effect
@@ -234,7 +235,12 @@ class CurvesSection:
             mine = self._generation
             self.curves = None
         self._key = self._key_of() if self._key_of is not None else None
-        work = self._prepare()
+        try:
+            work = self._prepare()
+        except NeuronvizError as err:  # e.g. a view loaded without its model
+            self.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+            self.panel.show(None)
+            return False
         if work is None:
             self.status.value = html.escape(self.not_ready)
             self.panel.show(None)
@@ -368,10 +374,15 @@ class KnockoutSection:
         chosen, scores = self._set(), self._scores()
         if chosen is None or scores is None:
             return
+        try:
+            model = self.view.require_model()
+        except NeuronvizError as err:
+            self.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
+            return
         what = f"{self.what.value} ({', '.join(str(c) for c in next(iter(chosen.values())))}):"
 
         def effect() -> None:
-            eff = knockout_effect(self.view.model, self.view.x, chosen, target=scores.target, output=scores.output,
+            eff = knockout_effect(model, self.view.x, chosen, target=scores.target, output=scores.output,
                                   layout={layer: scores.layouts.get(layer, "auto") for layer in chosen})
             if self.toggle.button.value:
                 self.effect = (what.rstrip(":"), eff.original, float(eff.knocked[0]))
@@ -384,7 +395,7 @@ class KnockoutSection:
         self._of = scores
         if scores is None:
             return None
-        model, x = self.view.model, self.view.x
+        model, x = self.view.require_model(), self.view.x
         return lambda progress: deletion_curve(model, x, scores, ks=curve_ks(scores), random=CURVE_RANDOM,
                                                progress=progress)
 

@@ -405,7 +405,7 @@ class PCACEView(View):
         scores = self.scores
         if scores is None:
             return None
-        model, images, n = self.model, self.images, self.n_shown
+        model, images, n = self.require_model(), self.images, self.n_shown
         return lambda progress: pcace_curves(model, images, scores, n_images=n, progress=progress)
 
     def _opacity_moved(self, _change: dict) -> None:

@@ -422,8 +422,7 @@ class View(W.VBox):
             A setting that cannot run (for example no layer picked), or a view loaded without
             its model.
         """
-        if self.model is None:
-            raise NeuronvizError(self._no_model_reason())
+        self.require_model()
         with self.lock:
             settings = self.current_settings()
             job = self._worker.submit(lambda job: self._work(job, settings), on_progress=self._progress,
@@ -843,6 +842,22 @@ class View(W.VBox):
                 self.run_bar.run_button.tooltip = self._no_model_reason()
                 self.live_toggle.disabled = True
             self.status = "done"
+
+    def require_model(self) -> nn.Module:
+        """The view's model, for work that runs it (a run, a panel's knock-outs).
+
+        Returns
+        -------
+        torch.nn.Module
+
+        Raises
+        ------
+        NeuronvizError
+            The view was loaded from a file without its model.
+        """
+        if self.model is None:
+            raise NeuronvizError(self._no_model_reason())
+        return self.model
 
     def _no_model_reason(self) -> str:
         name, model_class, _fp = self._loaded_from or ("a file", "?", None)

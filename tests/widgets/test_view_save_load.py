@@ -157,6 +157,19 @@ def test_without_a_model_run_is_disabled_and_says_why(case, tmp_path):
     w.close()
 
 
+def test_without_a_model_the_curves_and_knock_outs_say_why_instead_of_failing(case, tmp_path):
+    v = _finished(case, gated_cnn())
+    w = case.cls.load(v.save(tmp_path / "run.nvz"))
+    section = w.knockouts.section if hasattr(w, "knockouts") else w.faithfulness
+    assert section.start() is False  # nothing started in the background
+    assert "without its model" in section.status.value and section.curves is None
+    if hasattr(w, "knockouts"):  # the explorer's knock-out toggle too
+        w.knockouts.toggle.button.value = True
+        assert "without its model" in w.knockouts.status.value
+    v.close()
+    w.close()
+
+
 def test_a_loaded_view_saved_again_keeps_the_fingerprint_and_loads_with_the_model(case, tmp_path):
     net = gated_cnn()
     v = _finished(case, net)

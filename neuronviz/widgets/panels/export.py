@@ -32,7 +32,8 @@ class ExportRow:
         self.path = W.Text(value=filename, description="file", layout=W.Layout(width="260px"),
                            style={"description_width": "40px"})
         self.path.add_class("nv-export-path")
-        self.button = W.Button(description="Export", icon="download", tooltip="save the view as PNG, SVG or PDF, or as an interactive HTML page (name.html)")
+        self.button = W.Button(description="Export", icon="download",
+                               tooltip="save the view as PNG, SVG or PDF, or as an interactive HTML page (name.html)")
         self.button.add_class("nv-export")
         self.message = W.HTML("")
         self.message.add_class("nv-export-message")
