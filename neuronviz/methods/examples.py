@@ -896,6 +896,10 @@ def top_examples(
                             grids[name] = (int(a.shape[2]), int(a.shape[3])) if a.dim() == 4 else None
                         a = a.float().reshape(a.shape[0], a.shape[1], -1)
                         streams[name].add(a, idx, None if labs is None else labs.to(dev), ordered)
+                    # nothing of this batch's maps is kept into the next forward pass: its memory is
+                    # then reused there, not allocated afresh (page faults cost as much as the pass)
+                    del a
+                    acts.clear()
                     seen += batch.shape[0]
                     if progress is not None:
                         progress(seen, max(src.total or 0, seen))
