@@ -68,10 +68,10 @@ def bare(model: torch.nn.Module, n: int, batch: int) -> float:
     return time.perf_counter() - t
 
 
-def timed(model: torch.nn.Module, n: int, batch: int, generality: bool) -> float:
+def timed(model: torch.nn.Module, n: int, batch: int, generality: bool, fn=None) -> float:
     t = time.perf_counter()
-    nv.top_examples(model, loader(n, batch), LAYERS, k=9, generality=generality, receptive_fields=False,
-                    progress=False)
+    (fn or nv.top_examples)(model, loader(n, batch), LAYERS, k=9, generality=generality, receptive_fields=False,
+                            progress=False)
     return time.perf_counter() - t
 
 
@@ -82,15 +82,48 @@ def clocks(fn) -> tuple[float, float]:
     return time.perf_counter() - w, time.process_time() - c
 
 
-def interleaved(bare_fn, with_fn, without_fn, repeats: int) -> dict[str, float]:
-    """Median times and ratios over repeats of bare, with, without, bare (ratios against the mean bare)."""
+def interleaved(bare_fn, fns: dict, repeats: int) -> dict[str, float]:
+    """Per repeat: bare, each of ``fns``, bare; each ratio against the mean of the two bare runs.
+
+    Returns the medians of the times (``name``) and of the wall and CPU ratios (``name/ratio``,
+    ``name/cpu``), and the ratio of the fastest run to the fastest bare one (``name/best``), the
+    least disturbed by other jobs.
+    """
     rows = []
     for _ in range(repeats):
-        b1, g, g0, b2 = clocks(bare_fn), clocks(with_fn), clocks(without_fn), clocks(bare_fn)
+        b1 = clocks(bare_fn)
+        got = {name: clocks(fn) for name, fn in fns.items()}
+        b2 = clocks(bare_fn)
         b = [(x + y) / 2 for x, y in zip(b1, b2)]
-        rows.append({"bare": b[0], "with": g[0], "without": g0[0], "ratio": g[0] / b[0], "ratio0": g0[0] / b[0],
-                     "cpu_ratio": g[1] / b[1], "cpu_ratio0": g0[1] / b[1]})
-    return {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+        row = {"bare": b[0]}
+        for name, (w, c) in got.items():
+            row.update({name: w, f"{name}/ratio": w / b[0], f"{name}/cpu": c / b[1]})
+        rows.append(row)
+    out = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+    best_bare = min(r["bare"] for r in rows)
+    for name in fns:
+        out[f"{name}/best"] = min(r[name] for r in rows) / best_bare
+    return out
+
+
+def previous(rev: str):
+    """``top_examples`` of neuronviz/methods/examples.py at git revision ``rev``, loaded beside this one."""
+    import importlib.util
+    import pathlib
+    import re
+    import tempfile
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    text = subprocess.run(["git", "show", f"{rev}:neuronviz/methods/examples.py"], cwd=root, capture_output=True,
+                          text=True, check=True).stdout
+    text = re.sub(r"^from \.\.", "from neuronviz.", text, flags=re.M)
+    path = pathlib.Path(tempfile.mkdtemp()) / "examples_before.py"
+    path.write_text(text)
+    spec = importlib.util.spec_from_file_location("examples_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["examples_before"] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module.top_examples
 
 
 def child(n: int, batch: int) -> None:
@@ -122,12 +155,12 @@ def default_model(n: int, repeats: int) -> None:
                                        receptive_fields=False, progress=False)
 
     clocks(bare_fn)  # warm-up
-    m = interleaved(bare_fn, run(True), run(False), repeats)
+    m = interleaved(bare_fn, {"with": run(True), "without": run(False)}, repeats)
     print(f"\n# default model (EfficientNet-Lite0, 224 px), {n} views, batch 16, layers {layers}")
     print("| N | bare forward (s) | top_examples (s) | ratio | without generality (s) | ratio |")
     print("|---|---|---|---|---|---|")
-    print(f"| {n} | {m['bare']:.2f} | {m['with']:.2f} | {m['ratio']:.2f}x ({m['cpu_ratio']:.2f}x) | "
-          f"{m['without']:.2f} | {m['ratio0']:.2f}x ({m['cpu_ratio0']:.2f}x) |", flush=True)
+    print(f"| {n} | {m['bare']:.2f} | {m['with']:.2f} | {m['with/ratio']:.2f}x ({m['with/cpu']:.2f}x) | "
+          f"{m['without']:.2f} | {m['without/ratio']:.2f}x ({m['without/cpu']:.2f}x) |", flush=True)
 
 
 def main() -> None:
@@ -136,6 +169,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--default", type=int, default=0, help="also the default model over this many views")
+    ap.add_argument("--against", default=None, help="also time top_examples as of this git revision")
     ap.add_argument("--child", type=int, default=None)
     args = ap.parse_args()
     if args.child is not None:
@@ -143,20 +177,31 @@ def main() -> None:
         return
     torch.set_num_threads(1)
     model = nv.digits_model()
+    before = previous(args.against) if args.against else None
     print(f"# {cpu_name()}, 1 thread, torch {torch.__version__}, batch {args.batch}, k=9, layers {LAYERS}, "
-          f"{args.repeats} interleaved repeats (median), load average {os.getloadavg()[0]:.1f}")
-    print("| N | bare forward (s) | top_examples (s) | ratio (CPU) | without generality (s) | ratio (CPU) "
-          "| peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|")
+          f"{args.repeats} interleaved repeats, load average {os.getloadavg()[0]:.1f}")
+    print("# ratio: median over the repeats of the wall-clock ratio (process CPU time); best: fastest run "
+          "against the fastest bare one")
+    extra = f" | as of {args.against}: ratio, best | without generality" if before else ""
+    print("| N | bare forward (s) | top_examples (s) | ratio (CPU) | best | without generality (s) | ratio (CPU) "
+          f"| best{extra} | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if before else "") + "---|")
     timed(model, 2000, args.batch, True)  # warm-up
     for n in args.sizes:
-        m = interleaved(lambda n=n: bare(model, n, args.batch), lambda n=n: timed(model, n, args.batch, True),
-                        lambda n=n: timed(model, n, args.batch, False), args.repeats)
+        fns = {"with": lambda n=n: timed(model, n, args.batch, True),
+               "without": lambda n=n: timed(model, n, args.batch, False)}
+        if before is not None:
+            fns["before"] = lambda n=n: timed(model, n, args.batch, True, before)
+            fns["before0"] = lambda n=n: timed(model, n, args.batch, False, before)
+        m = interleaved(lambda n=n: bare(model, n, args.batch), fns, args.repeats)
         out = subprocess.run([sys.executable, __file__, "--child", str(n), "--batch", str(args.batch)],
                              capture_output=True, text=True, check=True)
         rss = json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"]
-        print(f"| {n:,} | {m['bare']:.2f} | {m['with']:.2f} | {m['ratio']:.2f}x ({m['cpu_ratio']:.2f}x) | "
-              f"{m['without']:.2f} | {m['ratio0']:.2f}x ({m['cpu_ratio0']:.2f}x) | {rss:.0f} |", flush=True)
+        old = (f" {m['before/ratio']:.2f}x, {m['before/best']:.2f}x | {m['before0/ratio']:.2f}x, "
+               f"{m['before0/best']:.2f}x |") if before is not None else ""
+        print(f"| {n:,} | {m['bare']:.2f} | {m['with']:.2f} | {m['with/ratio']:.2f}x ({m['with/cpu']:.2f}x) | "
+              f"{m['with/best']:.2f}x | {m['without']:.2f} | {m['without/ratio']:.2f}x ({m['without/cpu']:.2f}x) | "
+              f"{m['without/best']:.2f}x |{old} {rss:.0f} |", flush=True)
     if args.default:
         default_model(args.default, max(2, args.repeats // 2))
     print(f"# load average at the end {os.getloadavg()[0]:.1f}")

@@ -133,6 +133,9 @@ class _Hist:
 
     def grow(self, exp: torch.Tensor) -> None:
         """Widen the channels whose range is below ``exp`` (each doubling merges pairs of bins)."""
+        # a channel with nothing counted yet takes the range at once (its bins would merge into nothing)
+        jump = (self.exp < exp) & (self.maxima.sum(1) == 0) & (self.values.sum(1) == 0)
+        self.exp = torch.where(jump, exp, self.exp)
         while True:
             small = (self.exp < exp).nonzero().flatten()
             if small.numel() == 0:
