@@ -7,6 +7,7 @@ import dataclasses
 import html
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,7 +22,7 @@ from ..core.errors import NeuronvizError
 from ..core.layer_choice import default_layers
 from ..core.model_state import resolve_device
 from ..core.validation import check_image
-from ..methods.resampling import NeuronScores, score_neurons
+from ..methods.resampling import FIRST_BATCH, NeuronScores, score_neurons
 from ..render.explorer import ExplorerView, render_explorer
 from ..render.formatting import format_score
 from ..render.html import explorer_page
@@ -45,6 +46,8 @@ _THUMB_SIZE = 112
 _N_STRIP = 5
 _CPU_BATCH = 16  # several progress steps (and cancel points) per run on a CPU
 _BOOTSTRAP = 32  # replicates for the intervals, ties and stability, from the same pass
+#: Seconds a live run on a CPU leaves the processor to the browser after its first partial picture.
+FIRST_PARTIAL_PAUSE_S = 0.2
 
 Neuron = tuple[str, int]
 
@@ -313,7 +316,7 @@ class NeuronExplorer(View):
             self.model, self.x, list(s.layers), target=s.target, n_samples=s.n_samples, perturbation=perturbation,
             seed=s.seed, device=dev, batch_size=_CPU_BATCH if dev.type == "cpu" else None, progress=job.progress,
             keep_channel_means=True, keep_maps=[0, *strip], bootstrap=_BOOTSTRAP,
-            on_batch=lambda partial: _publish_short(job, partial, s.n_samples),
+            on_batch=lambda partial: _publish_short(job, partial, s.n_samples, dev.type == "cpu" and self.live),
         )
         job.check()
         kept = {layer: torch.stack([_chw(a) for a in m]) for layer, m in (scores.maps or {}).items()}
@@ -507,11 +510,20 @@ def _neuron_info(scores: NeuronScores, layer: str, channel: int) -> str:
     return "<div style='font-size:12px'>" + "<br>".join(parts) + "</div>"
 
 
-def _publish_short(job: Any, partial: NeuronScores, n: int) -> None:
-    """Publish a live run's partial scores, but not those of all ``n`` copies: the whole result follows at once."""
+def _publish_short(job: Any, partial: NeuronScores, n: int, pause: bool) -> None:
+    """Publish a live run's partial scores while a quarter of the ``n`` copies remains; the whole result follows soon.
+
+    Each picture costs the browser a redraw of every point, taken from the run's processor.
+
+    On a CPU the scoring fills every core, and the browser draws a picture only once it gets one:
+    with ``pause`` (live, on a CPU) the run leaves it :data:`FIRST_PARTIAL_PAUSE_S` after the first.
+    """
     publish = getattr(job, "publish", None)
-    if publish is not None and partial.n_samples < n:
-        publish(partial)
+    if publish is None or n - partial.n_samples < n / 4:
+        return
+    publish(partial)
+    if pause and partial.n_samples <= FIRST_BATCH and not job.cancelled:
+        time.sleep(FIRST_PARTIAL_PAUSE_S)
 
 
 def _chw(a: torch.Tensor) -> torch.Tensor:

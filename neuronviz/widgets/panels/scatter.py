@@ -185,7 +185,9 @@ class NeuronScatter:
         (of a live run) never changes them: its points are clipped to the axes' edges.
         """
         self.layers = list(scores.layers)
-        self.points = [(layer, c) for layer in self.layers for c in range(scores.correlation[layer].numel())]
+        points = [(layer, c) for layer in self.layers for c in range(scores.correlation[layer].numel())]
+        same = points == self.points  # the same channels (a new run of the same layers): selection and colours stay
+        self.points = points
         self.index = {p: i for i, p in enumerate(self.points)}
         corr = np.concatenate([scores.correlation[name].double().reshape(-1).numpy() for name in self.layers])
         prec = np.concatenate([scores.precision[name].double().reshape(-1).numpy() for name in self.layers])
@@ -206,12 +208,16 @@ class NeuronScatter:
             _set_changed(self.colour_scale, domain=list(range(len(self.layers))), colors=colours)
             _set_changed(self.y_scale, min=y_min, max=y_max)
             _set_changed(self.x_scale, max=x_max)
-            with self.points_mark.hold_sync():
-                self.points_mark.selected = None
-                self.points_mark.x, self.points_mark.y, self.points_mark.color = x, y, colour
+            with self.points_mark.hold_sync():  # a change of the selection or the colours restyles every point
+                if not same:
+                    self.points_mark.selected = None
+                self.points_mark.x, self.points_mark.y = x, y
+                by_layer = self.colour_by.value == "layer"
+                if not same or (by_layer and not np.array_equal(np.asarray(self.points_mark.color), colour)):
+                    self.points_mark.color = colour
             self._set_brushed([])
         self.set_top(scores, k)
-        if self.colour_by.value != "layer":
+        if not by_layer and not same:
             self._recolour()
         dots = " ".join(
             f'<span style="color:{c};font-size:16px">●</span>&nbsp;{html.escape(name)}&nbsp;&nbsp;'
