@@ -9,6 +9,11 @@ the same answer.
 
 Generality (the measurable side of "generalisable features") is kept in the same pass as
 per-channel histograms (see :meth:`TopExamples.generality`).
+
+The pass costs little more than the forward passes themselves: outputs are read without a copy,
+the maximum over positions without its arg-max, whose position is found only for the images
+that can enter a channel's top k, and the histograms are counted a block of batches at a time
+(:class:`_Stream`). Measurements: ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -100,7 +105,8 @@ class Generality(Archived):
         (C,) the share of images whose maximum activation of the channel is at least its threshold.
     threshold : torch.Tensor
         (C,) the threshold: the upper edge of the histogram bin holding the ``quantile`` of the
-        channel's activations over every position of every image.
+        channel's activations over the positions of every image (up to :data:`HIST_POSITIONS`
+        sampled per image).
     entropy : torch.Tensor or None
         (C,) the entropy in bits of the labels of the images on which the channel fires (NaN where
         it fires on none); None without labels.
@@ -643,9 +649,12 @@ class TopExamples(Archived):
         """Per channel: the share of images on which it fires, and the entropy of their labels.
 
         A channel fires on an image when its maximum over positions is at least its threshold, the
-        ``quantile`` of the channel's activations over every position of every image, read from a
-        histogram of 1,024 bins over the channel's range (the upper edge of the bin holding the
-        quantile), so any quantile can be asked after the one pass.
+        ``quantile`` of the channel's activations over the positions of every image, read from a
+        histogram of 512 bins over the channel's range (the upper edge of the bin holding the
+        quantile), so any quantile can be asked after the one pass. The histogram counts up to
+        :data:`HIST_POSITIONS` positions of each image, spread evenly and turned per image so
+        that every position is as likely (accuracy: ``docs/methods/dataset-examples.md``); the
+        per-image maxima are exact.
 
         Parameters
         ----------
