@@ -22,7 +22,7 @@ from ..core.errors import NeuronvizError
 from ..core.layer_choice import default_layers
 from ..core.model_state import resolve_device
 from ..core.validation import check_image
-from ..methods.resampling import FIRST_BATCH, NeuronScores, score_neurons
+from ..methods.resampling import NeuronScores, score_neurons
 from ..render.explorer import ExplorerView, render_explorer
 from ..render.formatting import format_score
 from ..render.html import explorer_page
@@ -48,6 +48,8 @@ _CPU_BATCH = 16  # several progress steps (and cancel points) per run on a CPU
 _BOOTSTRAP = 32  # replicates for the intervals, ties and stability, from the same pass
 #: Seconds a live run on a CPU leaves the processor to the browser after its first partial picture.
 FIRST_PARTIAL_PAUSE_S = 0.2
+#: Seconds at least between two later partial pictures of a live run.
+PARTIAL_EVERY_S = 2.0
 
 Neuron = tuple[str, int]
 
@@ -316,7 +318,7 @@ class NeuronExplorer(View):
             self.model, self.x, list(s.layers), target=s.target, n_samples=s.n_samples, perturbation=perturbation,
             seed=s.seed, device=dev, batch_size=_CPU_BATCH if dev.type == "cpu" else None, progress=job.progress,
             keep_channel_means=True, keep_maps=[0, *strip], bootstrap=_BOOTSTRAP,
-            on_batch=lambda partial: _publish_short(job, partial, s.n_samples, dev.type == "cpu" and self.live),
+            on_batch=_Partials(job, s.n_samples, lambda: dev.type == "cpu" and self.live),
         )
         job.check()
         kept = {layer: torch.stack([_chw(a) for a in m]) for layer, m in (scores.maps or {}).items()}
@@ -510,20 +512,31 @@ def _neuron_info(scores: NeuronScores, layer: str, channel: int) -> str:
     return "<div style='font-size:12px'>" + "<br>".join(parts) + "</div>"
 
 
-def _publish_short(job: Any, partial: NeuronScores, n: int, pause: bool) -> None:
-    """Publish a live run's partial scores while a quarter of the ``n`` copies remains; the whole result follows soon.
+class _Partials:
+    """What a live run publishes of its partial scores: the first at once, then at most one per :data:`PARTIAL_EVERY_S`.
 
-    Each picture costs the browser a redraw of every point, taken from the run's processor.
-
-    On a CPU the scoring fills every core, and the browser draws a picture only once it gets one:
-    with ``pause`` (live, on a CPU) the run leaves it :data:`FIRST_PARTIAL_PAUSE_S` after the first.
+    Each picture costs the browser a redraw of every point, taken from the run's processor, so
+    they are spaced out, and none comes in the last quarter of the ``n`` copies (the whole result
+    follows soon). On a CPU the scoring fills every core, and the browser draws a picture only once
+    it gets one: while ``pause()`` (live, on a CPU) the run leaves it :data:`FIRST_PARTIAL_PAUSE_S`
+    after the first.
     """
-    publish = getattr(job, "publish", None)
-    if publish is None or n - partial.n_samples < n / 4:
-        return
-    publish(partial)
-    if pause and partial.n_samples <= FIRST_BATCH and not job.cancelled:
-        time.sleep(FIRST_PARTIAL_PAUSE_S)
+
+    def __init__(self, job: Any, n: int, pause: Any) -> None:
+        self.job, self.n, self.pause = job, n, pause
+        self.last: float | None = None  # when the last partial picture was published
+
+    def __call__(self, partial: NeuronScores) -> None:
+        publish = getattr(self.job, "publish", None)
+        now = time.monotonic()
+        if publish is None or self.n - partial.n_samples < self.n / 4:
+            return
+        if self.last is not None and now - self.last < PARTIAL_EVERY_S:
+            return
+        publish(partial)
+        first, self.last = self.last is None, time.monotonic()
+        if first and self.pause() and not self.job.cancelled:
+            time.sleep(FIRST_PARTIAL_PAUSE_S)
 
 
 def _chw(a: torch.Tensor) -> torch.Tensor:

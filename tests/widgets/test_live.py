@@ -9,6 +9,7 @@ from explorer_nets import gated_cnn, image
 
 import neuronviz as nv
 from neuronviz.widgets import NeuronExplorer
+from neuronviz.widgets import explorer as explorer_module
 from neuronviz.widgets import view as view_module
 
 LAYERS = ["conv1", "conv2"]
@@ -86,12 +87,23 @@ def test_a_live_run_shows_the_copies_seen_so_far_then_the_whole_run(w, monkeypat
         original(scores)
 
     monkeypatch.setattr(w, "show_partial", spy)
+    monkeypatch.setattr(explorer_module, "PARTIAL_EVERY_S", 0.0)  # every batch's picture, however fast
     w.controls["n_samples"].value = 40  # a first batch of 8 (an early first picture), then batches of 16 on a CPU
     w.wait(60)
-    assert partial == [8, 24]  # the scores of all 40 copies come as the whole result, at once
+    assert partial == [8, 24]  # none in the last quarter: the scores of all 40 copies come as the whole result
     assert shown_before == [6, 6]
     assert w.scores.n_samples == 40 and w.scatter.figure.title == "every channel"
     assert w.intervals.rows  # the complete run has its intervals again
+
+
+def test_later_partial_pictures_are_spaced_out(w, monkeypatch):
+    partial: list[int] = []
+    original = w.show_partial
+    monkeypatch.setattr(w, "show_partial", lambda scores: (partial.append(scores.n_samples), original(scores)))
+    monkeypatch.setattr(explorer_module, "PARTIAL_EVERY_S", 3600.0)
+    w.controls["n_samples"].value = 72  # batches end at 8, 24, 40, 56: only the first is shown
+    w.wait(60)
+    assert partial == [8] and w.scores.n_samples == 72
 
 
 def test_a_pending_live_run_is_dropped_when_the_view_closes():
