@@ -311,10 +311,17 @@ class _Stream:
         else:
             kth = self.kept[0][:, -1]
             # ordered: a tie with the k-th comes from a larger index and loses; else it may win
-            rows = ((v > kth) if ordered else (v >= kth)).any(1).nonzero().flatten()
+            hit = (v > kth) if ordered else (v >= kth)  # (B, C)
+            rows = hit.any(1).nonzero().flatten()
             if rows.numel():
-                cand, ca, ci = (v, a, idx) if rows.numel() == v.shape[0] else (v[rows], a[rows], idx[rows])
-                self.pending.append((cand, ci, self._positions(ca)))
+                hit = hit[rows]
+                pos = torch.full(hit.shape, -1, dtype=torch.int64, device=v.device)
+                if self.by == "max":
+                    # the position only where the image passed for that channel: an entry that did not
+                    # pass cannot enter the top k (k kept entries beat it), so its position never counts
+                    r, c = hit.nonzero(as_tuple=True)
+                    pos[r, c] = torch.max(a[rows[r], c], dim=1).indices
+                self.pending.append((v[rows], idx[rows], pos))
                 self.rows += int(rows.numel())
                 self.ordered = self.ordered and ordered
                 if self.rows >= _PENDING_ROWS:
