@@ -127,7 +127,10 @@ def test_app_tabs_draw_pcace_bars_and_inversion_masks(open_notebook, screenshot_
     assert page.locator(f"{PCACE} .nv-ranking-table tr").count() == 1 + len(report["layers"])
 
     # a click on the sixth bar selects the channel of the bar under the pointer (a layer of more channels
-    # than pixels has bars narrower than a pixel: the page's own hit test says which one that is)
+    # than pixels has bars narrower than a pixel: the page's own hit test says which one that is); the
+    # kernel's report printed below may have scrolled the bars away, so they come into view first
+    page.locator(f"{PCACE} .nv-pcace-bars").first.scroll_into_view_if_needed()
+    bars = page.evaluate(_BARS_JS, f"{PCACE} .nv-pcace-bars")
     x, y = bars[5]["x"], bars[5]["y"]
     hit = page.evaluate(_BAR_AT_JS, [f"{PCACE} .nv-pcace-bars", x, y])
     assert hit is not None and hit < 12, f"the click point is not on one of the first bars: {hit}"
