@@ -124,7 +124,9 @@ def test_the_views_of_an_app_never_run_the_model_at_once(net):
             view.run()
     app.wait(60)
     assert all(view.status == "done" for view in app.views.values())
-    assert state["passes"] > 30 and state["peak"] == 1
+    # a second run cancels the first at a batch boundary, so how many passes ran varies; the last runs
+    # alone take more than 15 (explorer 2 batches, PCACE 2, inversion 2 x 8 steps)
+    assert state["passes"] > 15 and state["peak"] == 1
     assert not is_held(net)
     app.close()
 
@@ -141,7 +143,8 @@ def test_views_made_on_their_own_in_separate_cells_also_take_turns_on_the_model(
     for view in views:
         view.wait(60)
     assert all(view.status == "done" for view in views)
-    assert state["passes"] > 30 and state["peak"] == 1
+    # the explorer's batches depend on whether live mode asked for an early partial; never under 15
+    assert state["passes"] > 15 and state["peak"] == 1
     assert not is_held(net)
     for view in views:
         view.close()
