@@ -33,7 +33,7 @@ from .panels.losses import LossPlot
 from .panels.masks import MaskOverlay, StageMasks
 from .pictures import DISPLAY_SIZE, display_picture, encode_png, resize
 from .settings import ClassIndex, Device, Float, Int, Layer, OneOf, setting
-from .view import CLOSE_WAIT_S, Outcome, View
+from .view import Outcome, View
 
 __all__ = ["InversionView", "InversionSettings", "MaskOverlay", "inversion_layers"]
 
@@ -309,6 +309,7 @@ class InversionView(View):
         self.faithfulness = CurvesSection(self._prepare_curves, label="Deletion curves", tooltip=(
             "remove (insert) the pixels in the order of the stage-2 mask, against random masks"),
             key=lambda: self.result)
+        self.side_work.append(self.faithfulness)  # cancelled by a run, waited for on close
         return [W.HBox([*self.masks.widgets, W.VBox([self.losses, self.info])], layout=W.Layout(flex_flow="row wrap")),
                 self.faithfulness.widget]
 
@@ -347,18 +348,6 @@ class InversionView(View):
         model, x = self.require_model(), self.x
         return lambda progress: mask_curves(model, x, result, progress=progress)
 
-    def run(self) -> Job:
-        """Start a run as every view does; curves being computed are cancelled (the run needs the model)."""
-        self.faithfulness.clear()
-        return super().run()
-
-    def close(self) -> None:
-        """Cancel the curves being computed and wait for them, then close as every view."""
-        section = getattr(self, "faithfulness", None)  # absent when the constructor failed early
-        if section is not None:
-            section.clear()
-            section.wait(CLOSE_WAIT_S)
-        super().close()
 
     def done_text(self, outcome: Outcome) -> str:
         """``done · 10+70 steps in 3.2 s``."""

@@ -32,7 +32,7 @@ from .panels.channel_maps import GRID_MAX_K, ChannelStrip, TopBottomGrid
 from .panels.examples import how_to_give
 from .pictures import encode_png, figure_png, stack_pngs
 from .settings import ClassIndex, Device, Int, Layers, setting
-from .view import CLOSE_WAIT_S, STATIC_DPI, Outcome, View
+from .view import STATIC_DPI, Outcome, View
 
 __all__ = ["PCACEView", "PCACESettings", "PCACEResult", "PCACEFigure", "PARTS"]
 
@@ -252,6 +252,7 @@ class PCACEView(View):
         self.faithfulness = CurvesSection(self._prepare_curves, label="Deletion curve", tooltip=(
             "knock out the shown layer's top-k channels by PCACE and by random rankings; the logit on the shown "
             "images"), key=lambda: self.scores)
+        self.side_work.append(self.faithfulness)  # cancelled by a run, waited for on close
         self.opacity.observe(self._opacity_moved, names="value")
         self.examples = ExamplesSection(self, getattr(self, "_example_source", None),
                                         how=how_to_give("nv.PCACEView(model, images, examples=dataset)"))
@@ -485,18 +486,6 @@ class PCACEView(View):
                    self.draw(dataclasses.replace(record, k=min(record.k, GRID_MAX_K)), dpi=STATIC_DPI)]
         return stack_pngs([figure_png(fig, STATIC_DPI) for fig in figures])
 
-    def run(self) -> Job:
-        """Start a run as every view does; a deletion curve being computed is cancelled (the run needs the model)."""
-        self.faithfulness.clear()
-        return super().run()
-
-    def close(self) -> None:
-        """Cancel the deletion curve being computed and wait for it, then close as every view."""
-        section = getattr(self, "faithfulness", None)  # absent when the constructor failed early
-        if section is not None:
-            section.clear()
-            section.wait(CLOSE_WAIT_S)
-        super().close()
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, selected={self.selected!r})"

@@ -135,6 +135,11 @@ class View(W.VBox):
         What is selected (a traitlet; views define what it holds and check it).
     outcome : Outcome or None
         The latest finished run.
+    side_work : list
+        The panels' own work on the model in the background (e.g. a
+        :class:`~neuronviz.widgets.knockouts.CurvesSection`; anything with ``clear()`` and
+        ``wait(timeout)``), which :meth:`build` appends: cleared when a run starts (the run
+        needs the model and makes it stale), cleared and waited for by :meth:`close`.
     """
 
     status = traitlets.Unicode("idle")
@@ -183,6 +188,7 @@ class View(W.VBox):
         self.outcome: Outcome | None = None
         self.warnings: list[str] = []
         self._pending_displays: list[Any] = []
+        self.side_work: list[Any] = []  # panels' own model work: see the class docstring
         self._png_cache: tuple[int, bytes] | None = None
         self._view_version = 0  # bumped whenever what the static picture shows changes
         before = _instances()
@@ -423,6 +429,8 @@ class View(W.VBox):
             its model.
         """
         self.require_model()
+        for part in self.side_work:
+            part.clear()
         with self.lock:
             settings = self.current_settings()
             job = self._worker.submit(lambda job: self._work(job, settings), on_progress=self._progress,
@@ -916,6 +924,9 @@ class View(W.VBox):
         timer = getattr(self, "_live_timer", None)
         if timer is not None:
             timer.cancel()
+        for part in getattr(self, "side_work", []):
+            part.clear()
+            part.wait(CLOSE_WAIT_S)
         if worker is not None:
             worker.close()
             worker.join(CLOSE_WAIT_S)
