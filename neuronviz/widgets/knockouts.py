@@ -150,6 +150,12 @@ class _Stale(Exception):
     """Raised in the progress callback of curves that a newer start replaced."""
 
 
+def _model_of(view: Any) -> nn.Module:
+    """The model of a view (or of any object with ``model``); a clear error for a view loaded without one."""
+    require = getattr(view, "require_model", None)
+    return require() if require is not None else view.model
+
+
 class CurvesSection:
     """A faithfulness panel whose curves a button (or the view) computes in a background thread.
 
@@ -375,7 +381,7 @@ class KnockoutSection:
         if chosen is None or scores is None:
             return
         try:
-            model = self.view.require_model()
+            model = _model_of(self.view)
         except NeuronvizError as err:
             self.status.value = f"<span style='color:#b00'>{html.escape(str(err))}</span>"
             return
@@ -395,7 +401,7 @@ class KnockoutSection:
         self._of = scores
         if scores is None:
             return None
-        model, x = self.view.require_model(), self.view.x
+        model, x = _model_of(self.view), self.view.x
         return lambda progress: deletion_curve(model, x, scores, ks=curve_ks(scores), random=CURVE_RANDOM,
                                                progress=progress)
 
