@@ -20,9 +20,13 @@ CHANNELS_MARK = "NV-CHANNELS"
 PING_MARK = "NV-PING"
 
 
-def explorer_cells(n_samples: int | None = 32) -> list[str]:
-    """Code cells of a notebook showing ``nv.demo`` (``n_samples=None``: the demo's default)."""
-    args = "" if n_samples is None else f"n_samples={n_samples}"
+def explorer_cells(n_samples: int | None = 32, live: bool = False) -> list[str]:
+    """Code cells of a notebook showing ``nv.demo`` (``n_samples=None``: the demo's default).
+
+    Live mode is off unless asked for: these pages test the Run button (a fast demo run would
+    otherwise turn live mode on by itself).
+    """
+    args = ", ".join(([] if n_samples is None else [f"n_samples={n_samples}"]) + [f"live={live}"])
     return [
         f"import neuronviz as nv\nw = nv.demo({args})\nw",
         "w.wait(600)\n"
