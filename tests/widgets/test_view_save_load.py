@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import numpy as np
 import pytest
 import torch
+from deep_equal import same
 from explorer_nets import gated_cnn, image
 from torch import nn
 
@@ -58,31 +56,6 @@ class Passes:
 
     def __exit__(self, *exc: object) -> None:
         self._h.remove()
-
-
-def same(a: Any, b: Any, where: str = "value") -> None:
-    """Deep equality, tensors and arrays bit for bit."""
-    assert type(a) is type(b), f"{where}: {type(a).__name__} != {type(b).__name__}"
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape, where
-        assert torch.equal(*(t.detach().contiguous().reshape(-1).view(torch.uint8) for t in (a, b))), where
-    elif isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes(), where
-    elif isinstance(a, float):
-        assert (math.isnan(a) and math.isnan(b)) or a == b, f"{where}: {a} != {b}"
-    elif isinstance(a, dict):
-        assert list(a) == list(b), where
-        for k in a:
-            same(a[k], b[k], f"{where}[{k!r}]")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            same(x, y, f"{where}[{i}]")
-    elif dataclasses.is_dataclass(a):
-        for f in dataclasses.fields(a):
-            same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
 
 
 def _finished(case: Case, net: nn.Module) -> View:
