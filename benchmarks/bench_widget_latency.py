@@ -222,27 +222,28 @@ def main() -> None:
         finally:
             server.stop()
 
-    click_ms = statistics.median(clicks_ms)
-    run_s = statistics.median(runs_s)
     channels = sum(n for _name, n in layout)
     print(f"# machine: {machine}; JupyterLab 4, headless Chromium; nv.demo(): {n_samples} copies, "
           f"{channels} channels in {', '.join(name for name, _n in layout)}")
-    print("| machine | cell -> widget visible | cell -> first run done | click -> overlay (median of "
-          f"{len(clicks_ms)}) | Run -> done, {n_samples} copies (median of {len(runs_s)}) |")
-    print("|---|---|---|---|---|")
-    print(f"| {machine} | {visible_s:.1f} s | {first_done_s:.1f} s | **{click_ms:.0f} ms** | {run_s:.1f} s |")
-    print(f"clicks missed (landed on no point, not timed): {missed}; click times: "
-          + ", ".join(f"{t:.0f}" for t in clicks_ms) + " ms")
+    if clicks_ms and runs_s:  # --clicks 0 / --runs 0: the live steps only
+        click_ms, run_s = statistics.median(clicks_ms), statistics.median(runs_s)
+        print("| machine | cell -> widget visible | cell -> first run done | click -> overlay (median of "
+              f"{len(clicks_ms)}) | Run -> done, {n_samples} copies (median of {len(runs_s)}) |")
+        print("|---|---|---|---|---|")
+        print(f"| {machine} | {visible_s:.1f} s | {first_done_s:.1f} s | **{click_ms:.0f} ms** | {run_s:.1f} s |")
+        print(f"clicks missed (landed on no point, not timed): {missed}; click times: "
+              + ", ".join(f"{t:.0f}" for t in clicks_ms) + " ms")
     if live:
         first = statistics.median(e["first_partial_s"] for e in live)
         final = statistics.median(e["final_s"] for e in live)
         plain = statistics.median(e["plain_run_s"] for e in live)
         ratio = statistics.median(e["final_s"] / e["plain_run_s"] for e in live)
+        own = statistics.median(e["final_s"] / e["run_s"] for e in live)
         print(f"| {machine} | {live[0]['copies']}-{live[-1]['copies']} | **{first:.2f} s** | {final:.2f} s | "
-              f"{plain:.2f} s | **{ratio:.2f}x** |  (live: slider key -> first partial scatter, -> final picture, "
-              f"plain Run -> done, final / plain; medians of {len(live)})")
+              f"{plain:.2f} s | **{ratio:.2f}x** | {own:.2f}x |  (live: slider key -> first partial scatter, -> final "
+              f"picture, plain Run -> done, final / plain, final / the run's own time; medians of {len(live)})")
     print(json.dumps({
-        "machine": machine, "live": live, "cell_to_visible_s": visible_s, "cell_to_first_done_s": first_done_s,
+        "machine": machine, "load_average": os.getloadavg(), "live": live, "cell_to_visible_s": visible_s, "cell_to_first_done_s": first_done_s,
         "click_to_overlay_ms": clicks_ms, "clicks_missed": missed, "run_s": runs_s, "n_samples": n_samples, "channels": channels,
     }))
 

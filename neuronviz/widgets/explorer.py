@@ -47,7 +47,7 @@ _N_STRIP = 5
 _CPU_BATCH = 16  # several progress steps (and cancel points) per run on a CPU
 _BOOTSTRAP = 32  # replicates for the intervals, ties and stability, from the same pass
 #: Seconds a live run on a CPU leaves the processor to the browser after its first partial picture.
-FIRST_PARTIAL_PAUSE_S = 0.2
+FIRST_PARTIAL_PAUSE_S = 0.1
 #: Seconds at least between two later partial pictures of a live run.
 PARTIAL_EVERY_S = 2.0
 
@@ -516,7 +516,7 @@ class _Partials:
     """What a live run publishes of its partial scores: the first at once, then at most one per :data:`PARTIAL_EVERY_S`.
 
     Each picture costs the browser a redraw of every point, taken from the run's processor, so
-    they are spaced out, and none comes in the last quarter of the ``n`` copies (the whole result
+    they are spaced out, and none comes in the last half of the ``n`` copies (the whole result
     follows soon). On a CPU the scoring fills every core, and the browser draws a picture only once
     it gets one: while ``pause()`` (live, on a CPU) the run leaves it :data:`FIRST_PARTIAL_PAUSE_S`
     after the first.
@@ -529,7 +529,7 @@ class _Partials:
     def __call__(self, partial: NeuronScores) -> None:
         publish = getattr(self.job, "publish", None)
         now = time.monotonic()
-        if publish is None or self.n - partial.n_samples < self.n / 4:
+        if publish is None or self.n - partial.n_samples < self.n / 2:
             return
         if self.last is not None and now - self.last < PARTIAL_EVERY_S:
             return

@@ -70,7 +70,7 @@ STATIC_DPI = 60
 #: Seconds :meth:`View.close` waits for a cancelled run to reach its next cancel point.
 CLOSE_WAIT_S = 30.0
 #: Live mode: seconds after the last change of a setting before its run starts.
-LIVE_DEBOUNCE_S = 0.2
+LIVE_DEBOUNCE_S = 0.1
 #: Live mode is on by default while the last run took less than this many seconds.
 LIVE_UNDER_S = 3.0
 

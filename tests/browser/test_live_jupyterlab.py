@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(600)]
 
-N_SAMPLES = 40  # three batches of 16 on a CPU: two partial pictures before the final one
+N_SAMPLES = 40  # a first batch of 8 on a CPU, then 16s: one partial picture (none in the last half) before the final one
 LOG_MARK = "NV-LOG"
 
 

@@ -88,11 +88,11 @@ def test_a_live_run_shows_the_copies_seen_so_far_then_the_whole_run(w, monkeypat
 
     monkeypatch.setattr(w, "show_partial", spy)
     monkeypatch.setattr(explorer_module, "PARTIAL_EVERY_S", 0.0)  # every batch's picture, however fast
-    w.controls["n_samples"].value = 40  # a first batch of 8 (an early first picture), then batches of 16 on a CPU
+    w.controls["n_samples"].value = 72  # a first batch of 8 (an early first picture), then batches of 16 on a CPU
     w.wait(60)
-    assert partial == [8, 24]  # none in the last quarter: the scores of all 40 copies come as the whole result
+    assert partial == [8, 24]  # none in the last half (40, 56): the scores of all 72 copies come as the whole result
     assert shown_before == [6, 6]
-    assert w.scores.n_samples == 40 and w.scatter.figure.title == "every channel"
+    assert w.scores.n_samples == 72 and w.scatter.figure.title == "every channel"
     assert w.intervals.rows  # the complete run has its intervals again
 
 
