@@ -124,8 +124,9 @@ def archived(name: str, *, drop: tuple[str, ...] = ()) -> Callable[[type[T]], ty
     name : str
         The name written in files; unique, and kept across versions.
     drop : tuple of str
-        Fields that hold no data (a handle on a model, a cache) and are not saved; they come
-        back as the field's default, or None.
+        Fields that hold no data (a handle on a model, a cache, what other fields give) and are
+        not saved; they come back as the field's default, or None. A dataclass that defines
+        ``_after_load(self)`` has it called once its fields are set, to derive them again.
 
     Returns
     -------
@@ -603,6 +604,9 @@ class _Reader:
                 else:
                     raise self._damaged(f"{name} at {where} lacks its field {n!r}")
                 object.__setattr__(obj, n, value)
+            after = getattr(cls, "_after_load", None)
+            if after is not None:
+                after(obj)
             return obj
         if issubclass(cls, tuple) and hasattr(cls, "_fields"):
             if set(values) != set(cls._fields):  # type: ignore[attr-defined]

@@ -72,7 +72,7 @@ class ExplorerSettings:
     layers: tuple = setting(None, Layers(), control="layers", css="nv-layers", group=2)
 
 
-@archived("ExplorerResult")
+@archived("ExplorerResult", drop=("maps", "sample_maps"))  # the scores hold them: saved once
 @dataclass
 class ExplorerResult:
     """What a run gives the panels: the scores, the clean maps, a few copies and their maps.
@@ -96,6 +96,20 @@ class ExplorerResult:
     samples: list[np.ndarray]
     sample_indices: list[int]
     sample_maps: dict[str, torch.Tensor]
+
+    @classmethod
+    def of(cls, scores: NeuronScores, samples: list[np.ndarray], sample_indices: list[int]) -> "ExplorerResult":
+        """The result of ``scores`` run with ``keep_maps=[0, *sample_indices]``: its maps are views of the scores'."""
+        out = cls(scores, None, samples, list(sample_indices), None)  # type: ignore[arg-type]
+        out._after_load()
+        return out
+
+    def _after_load(self) -> None:
+        """The maps from the scores' kept maps (copy 0, then the strip's), which a saved result leaves out."""
+        if self.maps is None or self.sample_maps is None:
+            kept = {layer: m.reshape(m.shape[0], *_chw(m[0]).shape) for layer, m in (self.scores.maps or {}).items()}
+            self.maps = {layer: m[0] for layer, m in kept.items()}
+            self.sample_maps = {layer: m[1:] for layer, m in kept.items()}
 
 
 class NeuronExplorer(View):
@@ -321,11 +335,8 @@ class NeuronExplorer(View):
             on_batch=_Partials(job, s.n_samples, lambda: dev.type == "cpu" and self.live),
         )
         job.check()
-        kept = {layer: torch.stack([_chw(a) for a in m]) for layer, m in (scores.maps or {}).items()}
         copies = perturbation.sample(self.x, strip, seed=s.seed)
-        clean = {layer: m[0] for layer, m in kept.items()}
-        return ExplorerResult(scores, clean, copy_pictures(copies, self.x, self._picture), strip,
-                              {layer: m[1:] for layer, m in kept.items()})
+        return ExplorerResult.of(scores, copy_pictures(copies, self.x, self._picture), strip)
 
     def show(self, result: ExplorerResult) -> None:
         """Fill the panels with a run's result; the selection stays if the new scores hold it."""

@@ -195,3 +195,42 @@ def test_a_file_cannot_set_attributes_the_view_does_not_declare(tmp_path):
     with pytest.raises(nv.NeuronvizError, match=r"missing parts \['x'\]"):
         InversionView.load(tmp_path / "edited.nvz")
     v.close()
+
+
+def _objects(v: Any, name: str) -> list[dict]:
+    """The saved objects of type ``name`` anywhere in a header's value."""
+    found = []
+    if isinstance(v, dict):
+        obj = v.get("$obj")
+        if isinstance(obj, dict) and obj.get("type") == name:
+            found.append(obj["fields"])
+        for x in v.values():
+            found += _objects(x, name)
+    elif isinstance(v, list):
+        for x in v:
+            found += _objects(x, name)
+    return found
+
+
+def test_an_explorer_file_holds_its_activation_maps_once_and_loads_them_back_equal(tmp_path):
+    import json
+
+    import numpy as np
+
+    from neuronviz.core.archive import _HEADER
+
+    v = _finished(CASES["explorer"], gated_cnn())
+    path = v.save(tmp_path / "run.nvz")
+    with np.load(path) as npz:
+        value = json.loads(npz[_HEADER].tobytes().decode("utf-8"))["value"]
+    (result,) = _objects(value, "ExplorerResult")
+    (scores,) = _objects(value, "NeuronScores")
+    assert "maps" in scores and not {"maps", "sample_maps"} & set(result)  # the scores' kept maps, saved once
+    w = NeuronExplorer.load(path)
+    r, s = v.outcome.result, w.outcome.result
+    assert set(s.maps) == set(r.maps) == set(s.sample_maps) == {"conv1", "conv2"}
+    for layer in r.maps:
+        assert torch.equal(s.maps[layer], r.maps[layer]) and torch.equal(s.sample_maps[layer], r.sample_maps[layer])
+        assert s.maps[layer].dim() == 3 and len(s.sample_maps[layer]) == len(r.sample_indices)
+    v.close()
+    w.close()
