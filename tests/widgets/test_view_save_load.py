@@ -234,3 +234,19 @@ def test_an_explorer_file_holds_its_activation_maps_once_and_loads_them_back_equ
         assert s.maps[layer].dim() == 3 and len(s.sample_maps[layer]) == len(r.sample_indices)
     v.close()
     w.close()
+
+
+def test_an_explorer_file_that_holds_the_maps_itself_still_loads(tmp_path, monkeypatch):
+    from neuronviz.core import archive
+    from neuronviz.widgets.explorer import ExplorerResult
+
+    v = _finished(CASES["explorer"], gated_cnn())
+    monkeypatch.setitem(archive._BY_CLASS, ExplorerResult, ("ExplorerResult", ()))  # as files were written before
+    path = v.save(tmp_path / "old.nvz")
+    monkeypatch.undo()
+    w = NeuronExplorer.load(path)
+    for layer, m in v.outcome.result.sample_maps.items():
+        assert torch.equal(w.outcome.result.sample_maps[layer], m)
+        assert torch.equal(w.outcome.result.maps[layer], v.outcome.result.maps[layer])
+    v.close()
+    w.close()
