@@ -10,6 +10,7 @@ import pathlib
 import sys
 import types
 
+import ipywidgets as W
 import numpy as np
 import pytest
 import torch
@@ -145,6 +146,23 @@ def test_the_strip_shows_the_copies_with_their_own_maps(net, x):
         expected = clean_map(net, copies[j : j + 1], "conv2", 1)  # a plain forward hook on that copy
         torch.testing.assert_close(w.detail.sample_maps["conv2"][j, 1], expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(w.detail.sample_maps["conv2"][0], w.snapshot().maps["conv2"])  # copy 0: the image
+
+
+def test_a_new_run_redraws_the_strip_in_its_widgets_and_opens_none(net, x):
+    w = finished(net, x, n_samples=9)
+    images, before = list(w.detail._images), [im.value for im in w.detail._images]
+    opened = len(W.widget._instances)
+    w.n_samples, w.seed = 12, w.seed + 1
+    w.run()
+    w.wait(60)
+    assert w.status == "done", w.error
+    assert w.detail._images == images and len(W.widget._instances) == opened  # same widgets, none opened
+    assert w.detail.sample_indices[-1] == 11
+    assert [im.value for im in w.detail._images] != before  # ...showing the new run's copies
+    w.n_samples = 3  # a shorter strip: its own widgets
+    w.run()
+    w.wait(60)
+    assert len(w.detail._images) == 3 and len(w.detail.strip.children) == 3
 
 
 def test_the_channels_left_out_of_precision_are_counted_in_the_widget(x):

@@ -91,10 +91,11 @@ class NeuronDetail:
         self.scores = scores
         self.samples, self.sample_indices = list(samples), [int(i) for i in sample_indices]
         self.sample_maps = sample_maps
-        close_widgets(self.strip.children)  # the previous run's thumbnails
-        self._images = [W.Image(format="png", layout=W.Layout(width=f"{self.thumb}px")) for _ in self.samples]
-        self._captions = [W.HTML(layout=W.Layout(width=f"{self.thumb + 4}px")) for _ in self.samples]
-        self.strip.children = [W.VBox([im, cap]) for im, cap in zip(self._images, self._captions)]
+        if len(self._images) != len(self.samples):  # else the thumbnails stay: new widgets cost the browser a redraw
+            close_widgets(self.strip.children)
+            self._images = [W.Image(format="png", layout=W.Layout(width=f"{self.thumb}px")) for _ in self.samples]
+            self._captions = [W.HTML(layout=W.Layout(width=f"{self.thumb + 4}px")) for _ in self.samples]
+            self.strip.children = [W.VBox([im, cap]) for im, cap in zip(self._images, self._captions)]
         out = {"probability": "probability", "logit": "logit"}.get(scores.output, "target value")
         self.y_axis.label = f"output ({out})"
 
