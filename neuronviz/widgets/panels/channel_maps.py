@@ -12,6 +12,7 @@ import torch
 from ...render.formatting import format_score
 from ...render.pcace import BOTTOM_COLOUR, TOP_COLOUR
 from ..pictures import encode_png, resize, thumb
+from .signals import close_widgets
 
 __all__ = ["ChannelStrip", "TopBottomGrid", "GRID_MAX_K"]
 
@@ -98,19 +99,9 @@ class TopBottomGrid:
         legend = (f"<span style='font-size:11px'><span style='color:{TOP_COLOUR}'>■</span> top {len(top)} &nbsp; "
                   f"<span style='color:{BOTTOM_COLOUR}'>■</span> bottom {len(bottom)} of {html.escape(layer)}</span>")
         old, self.grid.children = self.grid.children, [W.HTML(legend), *rows]
-        for widget in old:  # the replaced cells would stay registered with ipywidgets otherwise
-            _close_tree(widget)
+        close_widgets(old)  # the replaced cells would stay registered with ipywidgets otherwise
 
     def _clicked(self, channel: int) -> None:
         for fn in list(self._on_select):
             fn(channel)
 
-
-def _close_tree(widget: W.Widget) -> None:
-    """Close ``widget``, its children and their layouts and styles (each a widget of its own)."""
-    for child in getattr(widget, "children", ()):
-        _close_tree(child)
-    for part in (getattr(widget, "layout", None), getattr(widget, "style", None)):
-        if isinstance(part, W.Widget):
-            part.close()
-    widget.close()
