@@ -144,6 +144,10 @@ def hooks(
             handles.pop().remove()
 
 
+#: What a consumed recording leaves behind (the layer ran; its tensor went to ``consume``).
+_CONSUMED = torch.empty(0)
+
+
 class _StopForward(Exception):
     """Raised by a recording hook to end a forward pass once every recorded layer has run."""
 
@@ -181,6 +185,12 @@ class ActivationCapture:
         module returns them; "channels_last" (N, H, W, C) and "tokens" (N, L, D) turned into
         (N, C, H, W) and (N, D, h, w) (class tokens left out); "auto" detects the layout from
         the module and the output's shape. One name for every layer, or ``{layer: name}``.
+    consume : callable, optional
+        ``consume(name, tensor)``, called with each recording as its module returns, instead of
+        keeping it: the module's own output (no copy, whatever ``copy`` says), read before any
+        later module can change it in place, and released with the rest of the pass as the
+        model's forward releases it (so memory and caches are used as in a plain pass). The
+        consumer must not keep the tensor; :meth:`outputs` then only checks that every layer ran.
 
     Attributes
     ----------
@@ -204,8 +214,10 @@ class ActivationCapture:
         keep_graph: bool = False,
         stop_after_last: bool = False,
         layout: LayoutSpec = "channels_first",
+        consume: Callable[[str, torch.Tensor], None] | None = None,
     ) -> None:
         self.model = check_model(model)
+        self.consume = consume
         self.modules = resolve_layers(model, layers)
         self.copy = copy
         self.keep_graph = keep_graph
@@ -240,11 +252,15 @@ class ActivationCapture:
             )
             self.layouts[name] = layout
             out = output if self.keep_graph else output.detach()
+            copy = self.copy and self.consume is None
             if layout.kind == "channels_first":
-                out = out.clone() if self.copy else out
+                out = out.clone() if copy else out
             else:
                 out = layout.to_channels_first(out)
-                out = out.clone(memory_format=torch.contiguous_format) if self.copy else out
+                out = out.clone(memory_format=torch.contiguous_format) if copy else out
+            if self.consume is not None:
+                self.consume(name, out)
+                out = _CONSUMED
             self._outputs[name] = out
             if self.stop_after_last and len(self._outputs) == len(self.modules):
                 raise _StopForward
@@ -304,20 +320,23 @@ class ActivationCapture:
         self._outputs.clear()
 
     def outputs(self) -> dict[str, torch.Tensor]:
-        """Return ``{layer: tensor}`` of the last forward pass.
+        """Return ``{layer: tensor}`` of the last forward pass (empty when the recordings were consumed).
 
         Raises
         ------
         CaptureError
             A layer did not run during the last forward pass.
         """
+        self._check_ran()
+        return {} if self.consume is not None else dict(self._outputs)
+
+    def _check_ran(self) -> None:
         missing = [n for n in self.modules if n not in self._outputs]
         if missing:
             raise CaptureError(
                 f"layer(s) {missing} produced no output during the forward pass: the model's forward "
                 "does not call them for this input (unused or conditional modules cannot be recorded)"
             )
-        return dict(self._outputs)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         return self.outputs()[name]

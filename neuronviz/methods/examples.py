@@ -27,7 +27,7 @@ from torch import nn
 
 from ..core.archive import Archived, archived
 from ..core.batching import default_batch_size
-from ..core.capture import ActivationCapture, hooks, resolve_layers
+from ..core.capture import ActivationCapture, resolve_layers
 from ..core.distributed import Ranks, shard, use_distributed
 from ..core.errors import NeuronvizError, NeuronvizTypeError
 from ..core.layouts import LayoutSpec
@@ -48,6 +48,8 @@ __all__ = ["TopExamples", "Example", "Crop", "Generality", "top_examples"]
 HIST_BINS = 512
 #: Fine bins per coarse bin of the per-label histograms (kept only when labels are given).
 LABEL_GROUP = 8
+_LABEL_SHIFT = LABEL_GROUP.bit_length() - 1
+assert 1 << _LABEL_SHIFT == LABEL_GROUP, "LABEL_GROUP must be a power of two"
 #: Positions per image counted into the activation histogram (evenly spaced; all when fewer).
 HIST_POSITIONS = 4
 #: Counters per channel while counting: a few more than the bins, so that the channels' counters
@@ -159,26 +161,34 @@ class _Hist:
             self.exp[small] += 1
 
     def count(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
-        """Count a block of images: (n, C, p + 1) finite values, p sampled activations then the maximum
-        (overwritten).
+        """Count a block of images: (n, C, p + 1) values, p sampled activations then the maximum
+        (overwritten; NaN and infinities count as 0).
 
-        One pass of a handful of elementwise operations and one ``bincount`` for both histograms
-        (and one more for the labels (n,), or None).
+        One pass of a few elementwise operations and one ``bincount`` for both histograms (and one
+        more for the labels (n,), or None).
         """
         n, c, p1 = x.shape
         # the range: the block's largest magnitude, from per-channel maxima and minima
-        m = torch.maximum(x.amax(0).amax(1).abs(), x.amin(0).amin(1).abs())
+        lo, hi = x.amin(0).amin(1), x.amax(0).amax(1)
+        finite, signed = (bool(v) for v in torch.stack([(lo > -math.inf).all() & (hi < math.inf).all(),
+                                                        (lo < 0).any()]).tolist())
+        if not finite:  # NaN propagates into hi (and lo), an infinity shows there
+            x.nan_to_num_(nan=0.0, neginf=0.0, posinf=0.0)
+            lo, hi = x.amin(0).amin(1), x.amax(0).amax(1)
+            signed = bool((lo < 0).any())
+        m = torch.maximum(hi, -lo)
         need = torch.where(m > 0, torch.frexp(m)[1].long(), _MIN_EXP).clamp_min(_MIN_EXP)  # m < 2^need
         self.grow(need)
         half, size = HIST_BINS // 2, c * _STRIDE
-        scale = torch.pow(2.0, (HIST_BINS.bit_length() - 2 - self.exp).float()).view(1, c, 1)  # 1 / bin width
-        # x * scale and its floor are exact (scale is a power of two); x is the caller's to spend
-        q = x.mul_(scale).floor_().clamp_(-half, half - 1)  # the bin, from -half
-        top = None if labels is None else (q[:, :, -1] + half).int() // LABEL_GROUP  # (n, C) coarse bins
-        key = self._offsets.get(p1)
-        if key is None:
-            key = self._offset(c, p1, x.device)
-        both = torch.bincount(q.add_(key).int().flatten(), minlength=2 * size)  # integers below 2^24: exact
+        scale, key = self._scale_and_key(p1)
+        # x * scale is exact (scale is a power of two) and lies in (-half, half): every |x| < 2^exp,
+        # so its bin needs no clamp; truncation towards 0 is the floor where no value is negative
+        q = x.mul_(scale)
+        if signed:
+            q.floor_()
+        q = q.int()  # the bin, from -half
+        top = None if labels is None else (q[:, :, -1] + half) >> _LABEL_SHIFT  # (n, C) coarse bins
+        both = torch.bincount(q.add_(key).flatten(), minlength=2 * size)  # integers below 2^24: exact
         self.values += both[:size].view(c, _STRIDE)[:, :HIST_BINS]
         self.maxima += both[size:].view(c, _STRIDE)[:, :HIST_BINS]
         if labels is None or top is None:
@@ -187,16 +197,25 @@ class _Hist:
         assert self.labelled is not None  # labels_at_least made it
         coarse = HIST_BINS // LABEL_GROUP
         chan = torch.arange(c, device=x.device, dtype=torch.int32).view(1, c) * coarse
-        lab = labels.int().unsqueeze(1) * (c * coarse) + chan + top  # (n, C): label, channel, coarse bin
-        self.labelled += torch.bincount(lab.flatten(), minlength=self.labelled.numel()).view(self.labelled.shape).int()
+        lab = (labels.int() * (c * coarse)).unsqueeze(1) + chan + top  # (n, C): label, channel, coarse bin
+        self.labelled += torch.bincount(lab.flatten(), minlength=self.labelled.numel()).view(self.labelled.shape)
 
-    def _offset(self, c: int, p1: int, device: torch.device) -> torch.Tensor:
-        """(1, C, p1) float offsets: bin ``half`` of the channel's values, then of its maxima after them."""
-        off = torch.arange(c, device=device, dtype=torch.float32).view(c, 1) * _STRIDE + HIST_BINS // 2
-        off = off.expand(c, p1).clone()
-        off[:, -1] += c * _STRIDE
-        self._offsets[p1] = off.unsqueeze(0)
-        return self._offsets[p1]
+    def _scale_and_key(self, p1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(1, C, p1) float 1 / bin width per channel and int32 offsets: bin ``half`` of the channel's
+        values, then of its maxima after them.
+
+        Full shapes, not (1, C, 1): broadcasting over a last dimension of a few values costs about
+        seven times as much as over a whole (C, p1) slab.
+        """
+        c = self.exp.shape[0]
+        scale = torch.pow(2.0, (HIST_BINS.bit_length() - 2 - self.exp).float()).view(c, 1)
+        key = self._offsets.get(p1)
+        if key is None:
+            off = torch.arange(c, device=self.exp.device, dtype=torch.int32).view(c, 1) * _STRIDE + HIST_BINS // 2
+            off = off.expand(c, p1).clone()
+            off[:, -1] += c * _STRIDE
+            key = self._offsets[p1] = off.unsqueeze(0)
+        return scale.expand(c, p1).contiguous().unsqueeze(0), key
 
     def labels_at_least(self, n: int) -> None:
         c = self.exp.shape[0]
@@ -211,26 +230,32 @@ def _n_samples(positions: int) -> int:
     return -(-positions // -(-positions // HIST_POSITIONS))
 
 
-def _samples_into(a: torch.Tensor, top: torch.Tensor, out: torch.Tensor) -> None:
+def _samples_into(a: torch.Tensor, top: torch.Tensor, out: torch.Tensor, turns: torch.Tensor | None) -> None:
     """Write into ``out`` (B, C, p + 1) the activations of ``a`` (B, C, P) at p positions of each image,
     then the (B, C) maxima ``top``.
 
-    Each image's positions are an evenly spaced pattern (every ceil(P / HIST_POSITIONS)-th) turned
-    by an offset taken from the image's own activations (the bits of the sum of its maxima, modulo
-    P): every position is as likely to be sampled, whatever the layout of the images (a fixed set
-    would favour some columns, e.g. the blank border of centred digits), and the choice depends on
-    neither the batching, nor the image's index, nor the rank.
+    Each image's positions are an evenly spaced pattern (every ceil(P / HIST_POSITIONS)-th:
+    ``turns``, (p,), or None for every position) turned by an offset taken from the image's own
+    activations (the bits of the sum of its maxima): every position is as likely to be sampled,
+    whatever the layout of the images (a fixed set would favour some columns, e.g. the blank
+    border of centred digits), and the choice depends on neither the batching, nor the image's
+    index, nor the rank.
     """
     b, c, n = a.shape
     p = out.shape[2] - 1
-    if p < n:
-        step = -(-n // HIST_POSITIONS)
-        offset = top.sum(1).view(torch.int32).long() % n  # (B,)
-        where = (offset.view(b, 1) + torch.arange(p, device=a.device) * step) % n
+    if turns is not None:
+        # (offset + j * step) mod P, with offset the sum's bits (remainder is the floor modulo: non-negative)
+        where = (top.sum(1).view(torch.int32).long().view(b, 1) + turns).remainder_(n)
         torch.gather(a, 2, where.view(b, 1, p).expand(b, c, p), out=out[:, :, :p])
     else:
         out[:, :, :p].copy_(a)
     out[:, :, p].copy_(top)
+
+
+def _turns(positions: int, device: torch.device) -> torch.Tensor | None:
+    """The evenly spaced pattern of :func:`_samples_into` for a grid of ``positions`` (None: all of them)."""
+    p = _n_samples(positions)
+    return torch.arange(p, device=device) * -(-positions // HIST_POSITIONS) if p < positions else None
 
 
 def _merge(vals: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor, k: int, *, ordered: bool = False
@@ -263,8 +288,34 @@ def _amax(a: torch.Tensor) -> torch.Tensor:
     return a[..., 0]
 
 
-#: Rows (images) a layer's pending candidates may reach before they are merged into its kept entries.
-_PENDING_ROWS = 64
+def _merge_flat(kept: tuple[torch.Tensor, ...], cand: list[tuple[torch.Tensor, ...]], k: int, *,
+                ordered: bool) -> tuple[torch.Tensor, ...]:
+    """The k best per channel of (C, m >= k) kept entries and flat candidates, in the order of :func:`_merge`.
+
+    ``cand``: (n,) values, image indices, channels and positions. ``ordered``: every candidate's
+    index is larger than any kept one's, and the candidates come in increasing index order.
+    """
+    kv, ki, kp = kept
+    c, m = kv.shape
+    v = torch.cat([kv.flatten(), *(x[0] for x in cand)])
+    i = torch.cat([ki.flatten(), *(x[1] for x in cand)])
+    p = torch.cat([kp.flatten(), *(x[3] for x in cand)])
+    ch = torch.cat([torch.arange(c, device=kv.device).repeat_interleave(m), *(x[2] for x in cand)])
+    # stable sorts, least significant key first: (image, position), then value down, then channel
+    orders = [] if ordered else [torch.argsort(i * (p.max().clamp_min(0) + 1) + p, stable=True)]
+    for order in orders:
+        v, i, p, ch = v[order], i[order], p[order], ch[order]
+    order = torch.argsort(v, descending=True, stable=True)
+    order = order[torch.argsort(ch[order], stable=True)]
+    # every channel has at least m >= k entries: its best k are the first k of its run
+    counts = torch.bincount(ch, minlength=c)
+    take = order[((counts.cumsum(0) - counts).view(c, 1) + torch.arange(k, device=kv.device)).flatten()]
+    return v[take].view(c, k), i[take].view(c, k), p[take].view(c, k)
+
+
+#: Candidates (image, channel) a layer may hold back, per channel, before they are merged into
+#: its kept entries.
+_PENDING_PER_CHANNEL = 16
 #: Sampled values a layer's histograms hold back before counting them in one go (the dozen small
 #: operations of a count then cost per block, not per batch).
 _PENDING_VALUES = 1 << 18
@@ -273,24 +324,27 @@ _PENDING_VALUES = 1 << 18
 class _Stream:
     """One layer's running top-k and histograms over the batches of a pass.
 
-    Once k entries are kept, a batch's images are screened against each channel's k-th value as of
-    the last merge (a lower bound of the current one, so no image that could enter is dropped):
-    only the few that pass have their arg-max position found (the full (B, C, P) arg-max costs
-    more than a small network's forward pass), and they wait, with their values, to be merged a
-    block at a time. The sampled activations wait likewise for the histograms. Both waits are
-    bounded (:data:`_PENDING_ROWS`, :data:`_PENDING_VALUES`), so memory does not grow with N.
+    Once k entries are kept, a batch's (image, channel) pairs are screened against each channel's
+    k-th value as of the last merge (a lower bound of the current one, so no image that could
+    enter is dropped): only the few that pass have their arg-max position found (the full
+    (B, C, P) arg-max costs more than a small network's forward pass), and they wait, with their
+    values, to be merged a block at a time. The sampled activations wait likewise for the
+    histograms. Both waits are bounded (:data:`_PENDING_PER_CHANNEL`, :data:`_PENDING_VALUES`), so
+    memory does not grow with N.
     """
 
     def __init__(self, k: int, by: str, generality: bool) -> None:
         self.k, self.by, self.generality = k, by, generality
         self.kept: tuple[torch.Tensor, ...] | None = None  # (C, m) values, image indices, positions
-        self.pending: list[tuple[torch.Tensor, ...]] = []  # (n, C) values, (n,) indices, (n, C) positions
-        self.rows, self.ordered = 0, True
+        self.kth: torch.Tensor | None = None  # (C,) the k-th kept value, once k are kept
+        self.pending: list[tuple[torch.Tensor, ...]] = []  # (n,) values, indices, channels, positions
+        self.waiting, self.ordered = 0, True
         self.hist: _Hist | None = None
         # the samples wait in a buffer that is reused (a fresh tensor per batch costs page faults)
         self.block: torch.Tensor | None = None  # (rows, C, p + 1): sampled activations, then the maximum
         self.block_labels: torch.Tensor | None = None
         self.filled, self.labelled = 0, False
+        self.turns: dict[int, torch.Tensor | None] = {}
 
     def _positions(self, a: torch.Tensor) -> torch.Tensor:
         if self.by == "max":
@@ -305,26 +359,25 @@ class _Stream:
         if self.hist is None:
             self.hist = _Hist(a.shape[1], a.device)
         stat = _amax(a) if self.by == "max" else a.mean(2)  # (B, C)
+        # NaN ranks below everything, infinities as the largest and smallest floats (as nan_to_num does)
         v = torch.nan_to_num(stat, nan=-math.inf)
-        if self.kept is None or self.kept[0].shape[1] < self.k:
-            self._merge([(v, idx, self._positions(a))], ordered)
+        if self.kth is None:
+            self._merge_dense(v, idx, self._positions(a), ordered)
         else:
-            kth = self.kept[0][:, -1]
             # ordered: a tie with the k-th comes from a larger index and loses; else it may win
-            hit = (v > kth) if ordered else (v >= kth)  # (B, C)
-            rows = hit.any(1).nonzero().flatten()
-            if rows.numel():
-                hit = hit[rows]
-                pos = torch.full(hit.shape, -1, dtype=torch.int64, device=v.device)
-                if self.by == "max":
-                    # the position only where the image passed for that channel: an entry that did not
-                    # pass cannot enter the top k (k kept entries beat it), so its position never counts
-                    r, c = hit.nonzero(as_tuple=True)
-                    pos[r, c] = torch.max(a[rows[r], c], dim=1).indices
-                self.pending.append((v[rows], idx[rows], pos))
-                self.rows += int(rows.numel())
+            hit = v > self.kth if ordered else v >= self.kth
+            flat = hit.view(-1).nonzero().view(-1)  # row by row: increasing index within a channel
+            if flat.numel():
+                b, c = v.shape
+                # the position only where the image passed for that channel: an entry that did not
+                # pass cannot enter the top k (k kept entries beat it), so its position never counts
+                pos = (a.reshape(b * c, -1).index_select(0, flat).max(dim=1).indices if self.by == "max"
+                       else torch.full_like(flat, -1))
+                rows = flat.div(c, rounding_mode="floor")
+                self.pending.append((v.view(-1).index_select(0, flat), idx[rows], flat - rows * c, pos))
+                self.waiting += int(flat.numel())
                 self.ordered = self.ordered and ordered
-                if self.rows >= _PENDING_ROWS:
+                if self.waiting >= _PENDING_PER_CHANNEL * c:
                     self.flush_kept()
         if self.generality:
             self._hold(a, stat if self.by == "max" else a.amax(2), labels)
@@ -343,31 +396,36 @@ class _Stream:
             self.block = block = torch.empty((rows, c, p1), device=a.device)
             self.block_labels = torch.empty(rows, dtype=torch.int64, device=a.device)
         assert self.block_labels is not None  # made with the block
-        _samples_into(a, top, block[self.filled : self.filled + b])
+        if n not in self.turns:
+            self.turns[n] = _turns(n, a.device)
+        _samples_into(a, top, block[self.filled : self.filled + b], self.turns[n])
         if labels is not None:
             self.block_labels[self.filled : self.filled + b].copy_(labels)
         self.labelled = labels is not None
         self.filled += b
 
-    def _merge(self, parts: list[tuple[torch.Tensor, ...]], ordered: bool) -> None:
-        v = torch.cat([p[0] for p in parts]).t()  # (C, n): a row per channel, contiguous sorts
-        ii = torch.cat([p[1] for p in parts]).unsqueeze(0).expand_as(v)
-        cp = torch.cat([p[2] for p in parts]).t().long()
+    def _merge_dense(self, v: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor, ordered: bool) -> None:
+        """Merge a whole batch, (B, C) values and positions, while fewer than k are kept."""
+        v, ii, cp = v.t(), idx.unsqueeze(0).expand(v.shape[1], -1), pos.t()  # (C, B): contiguous sorts
         if self.kept is not None:
             kv, ki, kp = self.kept
             v, ii, cp = torch.cat([kv, v], 1), torch.cat([ki, ii], 1), torch.cat([kp, cp], 1)
         self.kept = _merge(v, ii, cp, self.k, ordered=ordered)
+        if self.kept[0].shape[1] == self.k:
+            self.kth = self.kept[0][:, -1].contiguous()
 
     def flush_kept(self) -> None:
         """Merge the pending candidates into the kept entries."""
         if self.pending:
-            self._merge(self.pending, self.ordered)
-        self.pending, self.rows, self.ordered = [], 0, True
+            assert self.kept is not None  # candidates wait only once k are kept
+            self.kept = _merge_flat(self.kept, self.pending, self.k, ordered=self.ordered)
+            self.kth = self.kept[0][:, -1].contiguous()
+        self.pending, self.waiting, self.ordered = [], 0, True
 
     def flush_hist(self) -> None:
         """Count the buffered samples into the histograms."""
         if self.filled and self.block is not None and self.hist is not None:
-            x = self.block[: self.filled].nan_to_num_(nan=0.0, neginf=0.0, posinf=0.0)
+            x = self.block[: self.filled]
             labels = self.block_labels[: self.filled] if self.labelled and self.block_labels is not None else None
             self.hist.count(x, labels)
         self.filled = 0
@@ -869,19 +927,24 @@ def top_examples(
     probe: dict[str, torch.Tensor] = {}
     assert not isinstance(progress, bool)  # reports_progress made True/False a callback or None
     seen, any_labels, last = 0, src.given_labels is not None, -1
+    batch_of: dict[str, Any] = {}  # the batch being run: its image indices, labels and order
+
+    def consume(name: str, a: torch.Tensor) -> None:
+        if a.dim() < 2:
+            raise NeuronvizError(f"layer {name!r} gives a {a.dim()}-D output; (N, C, ...) is needed")
+        if name not in grids:
+            grids[name] = (int(a.shape[2]), int(a.shape[3])) if a.dim() == 4 else None
+        streams[name].add(a.float().reshape(a.shape[0], a.shape[1], -1), batch_of["index"], batch_of["labels"],
+                          batch_of["ordered"])
+
     with preserved_state(model), on_device(model, dev), torch.no_grad():
         model.eval()
-        # The layers' outputs are recorded without a copy (a copy of each map costs as much as a
-        # small network's forward pass); a hook that runs before the recording one notes each
-        # output's version counter: if a later module changes an output in place
-        # (ReLU(inplace=True)) in the first batch (recorded with copies), copies stay on; in a
-        # later batch, that batch is run again with copies, as is the rest of the pass.
-        raw: dict[str, tuple[torch.Tensor, int]] = {}
-        watch = {n: (lambda m, i, o, n=n: raw.__setitem__(n, (o, o._version)) if isinstance(o, torch.Tensor)
-                     else None) for n in names}
-        first = True
-        with hooks(model, watch), ActivationCapture(model, names, stop_after_last=True, layout=layout,
-                                                    copy=True) as rec:
+        # Each layer's output is taken in as its module returns it, inside the forward pass: no
+        # copy, nothing a later module changes in place (ReLU(inplace=True)) can reach it, and no
+        # map outlives the pass, so the pass allocates, frees and reuses memory as a plain one
+        # does (keeping the maps until the pass ends costs page faults and cache misses that
+        # are a large share of a small network's pass).
+        with ActivationCapture(model, names, stop_after_last=True, layout=layout, consume=consume) as rec:
             with ranks.together("top_examples' pass over the images"):
                 for images, index, labs in src:
                     batch = check_batch(images, model, what="source", min_n=0)
@@ -889,36 +952,15 @@ def top_examples(
                         continue
                     if "x" not in probe:
                         probe["x"] = batch[:1].clone()
-                    batch = batch.to(dev)
-                    rec.forward(batch)
-                    acts = rec.outputs()
-                    changed = any(t._version != v for t, v in raw.values())
-                    if changed and not rec.copy:
-                        rec.copy = True
-                        rec.forward(batch)
-                        acts = rec.outputs()
-                    elif first:  # the first batch is recorded with copies: no run again for a model that needs them
-                        rec.copy = changed
-                    first = False
-                    raw.clear()
-                    rec.clear()
                     any_labels = any_labels or labs is not None
-                    idx = index.to(dev)
                     # larger indices than any kept, in increasing order: ties are already in index order
                     ordered = int(index[0]) > last and bool((index[1:] > index[:-1]).all())
                     last = max(last, int(index.max()))
-                    for name in names:
-                        a = acts[name]
-                        if a.dim() < 2:
-                            raise NeuronvizError(f"layer {name!r} gives a {a.dim()}-D output; (N, C, ...) is needed")
-                        if name not in grids:
-                            grids[name] = (int(a.shape[2]), int(a.shape[3])) if a.dim() == 4 else None
-                        a = a.float().reshape(a.shape[0], a.shape[1], -1)
-                        streams[name].add(a, idx, None if labs is None else labs.to(dev), ordered)
-                    # nothing of this batch's maps is kept into the next forward pass: its memory is
-                    # then reused there, not allocated afresh (page faults cost as much as the pass)
-                    del a
-                    acts.clear()
+                    batch_of.update(index=index.to(dev), labels=None if labs is None else labs.to(dev),
+                                    ordered=ordered)
+                    rec.forward(batch.to(dev))
+                    rec.outputs()  # every layer ran
+                    rec.clear()
                     seen += batch.shape[0]
                     if progress is not None:
                         progress(seen, max(src.total or 0, seen))

@@ -37,7 +37,7 @@ from ..core.progress import ProgressArg, images_of, is_long, reports_progress
 from ..core.stats import PositionCovariance
 from ..core.streams import RowBuffer, check_reiterable, count_hint, is_batch_stream, iter_batches
 from ..core.targets import Target, TargetSpec, resolve_target
-from ..core.validation import check_batch, check_images_source, check_int, forward_checked
+from ..core.validation import all_finite, check_batch, check_images_source, check_int, forward_checked
 from .ace import ace_batch
 
 if TYPE_CHECKING:
@@ -391,7 +391,7 @@ def _maps(a: torch.Tensor, name: str) -> torch.Tensor:
     if a.dim() < 2:
         raise NeuronvizError(f"layer {name!r} gives a {a.dim()}-D output; PCACE needs (N, C, ...) maps")
     a = a.reshape(a.shape[0], a.shape[1], -1)
-    if not torch.isfinite(a).all():
+    if a.numel() and not all_finite(a):
         raise NeuronvizError(f"layer {name!r} produced NaN or infinite activations")
     return a
 

@@ -39,6 +39,24 @@ def test_later_inplace_op_does_not_change_the_recording():
     assert rec["0"][0, 1].eq(-1).all()
 
 
+def test_a_consumer_reads_each_output_before_a_later_inplace_op_and_nothing_is_kept():
+    conv = nn.Conv2d(1, 2, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0]).view(2, 1, 1, 1))
+    net = nn.Sequential(conv, nn.ReLU(inplace=True), nn.Conv2d(2, 1, 1))
+    seen = []
+    # the consumer sees the module's own tensor (no copy) while it still holds -1
+    consume = lambda name, t: seen.append((name, t.min().item(), t.data_ptr()))  # noqa: E731
+    ptrs = []
+    conv.register_forward_hook(lambda m, a, o: ptrs.append(o.data_ptr()))
+    with ActivationCapture(net, ["0", "1"], consume=consume, stop_after_last=True) as rec:
+        assert rec.forward(torch.ones(1, 1, 2, 2)) is None
+        assert rec.outputs() == {}
+    assert seen == [("0", -1.0, ptrs[0]), ("1", 0.0, ptrs[0])]
+    conv._forward_hooks.clear()
+    assert _no_hooks(net)
+
+
 def test_module_running_twice_in_one_forward_is_an_error():
     class Twice(nn.Module):
         def __init__(self):
