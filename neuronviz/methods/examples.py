@@ -138,11 +138,16 @@ class _Hist:
         self.maxima = torch.zeros((channels, HIST_BINS), dtype=torch.int64, device=device)
         self.labelled: torch.Tensor | None = None
         self._offsets: dict[int, torch.Tensor] = {}
+        self._scale: torch.Tensor | None = None  # (1, C, p1) of the current ranges, until they widen
 
     def grow(self, exp: torch.Tensor) -> None:
         """Widen the channels whose range is below ``exp`` (each doubling merges pairs of bins)."""
+        below = self.exp < exp
+        if not bool(below.any()):  # the usual case once the first blocks are counted
+            return
+        self._scale = None
         # a channel with nothing counted yet takes the range at once (its bins would merge into nothing)
-        jump = (self.exp < exp) & (self.maxima.sum(1) == 0) & (self.values.sum(1) == 0)
+        jump = below & (self.maxima.sum(1) == 0) & (self.values.sum(1) == 0)
         self.exp = torch.where(jump, exp, self.exp)
         while True:
             small = (self.exp < exp).nonzero().flatten()
@@ -208,14 +213,17 @@ class _Hist:
         seven times as much as over a whole (C, p1) slab.
         """
         c = self.exp.shape[0]
-        scale = torch.pow(2.0, (HIST_BINS.bit_length() - 2 - self.exp).float()).view(c, 1)
+        scale = getattr(self, "_scale", None)  # a histogram saved before it had one: None
+        if scale is None or scale.shape[2] != p1:
+            scale = torch.pow(2.0, (HIST_BINS.bit_length() - 2 - self.exp).float()).view(c, 1)
+            scale = self._scale = scale.expand(c, p1).contiguous().unsqueeze(0)
         key = self._offsets.get(p1)
         if key is None:
             off = torch.arange(c, device=self.exp.device, dtype=torch.int32).view(c, 1) * _STRIDE + HIST_BINS // 2
             off = off.expand(c, p1).clone()
             off[:, -1] += c * _STRIDE
             key = self._offsets[p1] = off.unsqueeze(0)
-        return scale.expand(c, p1).contiguous().unsqueeze(0), key
+        return scale, key
 
     def labels_at_least(self, n: int) -> None:
         c = self.exp.shape[0]
@@ -337,8 +345,10 @@ class _Stream:
         self.k, self.by, self.generality = k, by, generality
         self.kept: tuple[torch.Tensor, ...] | None = None  # (C, m) values, image indices, positions
         self.kth: torch.Tensor | None = None  # (C,) the k-th kept value, once k are kept
-        self.pending: list[tuple[torch.Tensor, ...]] = []  # (n,) values, indices, channels, positions
-        self.waiting, self.ordered = 0, True
+        # waiting candidates: (n,) values, row * C + channel over the waiting batches, positions
+        self.pending: list[tuple[torch.Tensor, ...]] = []
+        self.pending_index: list[torch.Tensor] = []  # the image indices of those batches' rows
+        self.rows, self.waiting, self.ordered = 0, 0, True
         self.hist: _Hist | None = None
         # the samples wait in a buffer that is reused (a fresh tensor per batch costs page faults)
         self.block: torch.Tensor | None = None  # (rows, C, p + 1): sampled activations, then the maximum
@@ -373,8 +383,10 @@ class _Stream:
                 # pass cannot enter the top k (k kept entries beat it), so its position never counts
                 pos = (a.reshape(b * c, -1).index_select(0, flat).max(dim=1).indices if self.by == "max"
                        else torch.full_like(flat, -1))
-                rows = flat.div(c, rounding_mode="floor")
-                self.pending.append((v.view(-1).index_select(0, flat), idx[rows], flat - rows * c, pos))
+                # (row, channel) as one number over the waiting batches' rows; split at the merge
+                self.pending.append((v.view(-1).index_select(0, flat), flat.add_(self.rows * c), pos))
+                self.pending_index.append(idx)
+                self.rows += b
                 self.waiting += int(flat.numel())
                 self.ordered = self.ordered and ordered
                 if self.waiting >= _PENDING_PER_CHANNEL * c:
@@ -417,10 +429,15 @@ class _Stream:
     def flush_kept(self) -> None:
         """Merge the pending candidates into the kept entries."""
         if self.pending:
-            assert self.kept is not None  # candidates wait only once k are kept
-            self.kept = _merge_flat(self.kept, self.pending, self.k, ordered=self.ordered)
+            assert self.kept is not None and self.kth is not None  # candidates wait only once k are kept
+            c = self.kth.shape[0]
+            at = torch.cat([p[1] for p in self.pending])
+            rows = at.div(c, rounding_mode="floor")
+            cand = (torch.cat([p[0] for p in self.pending]), torch.cat(self.pending_index)[rows], at - rows * c,
+                    torch.cat([p[2] for p in self.pending]))
+            self.kept = _merge_flat(self.kept, [cand], self.k, ordered=self.ordered)
             self.kth = self.kept[0][:, -1].contiguous()
-        self.pending, self.waiting, self.ordered = [], 0, True
+        self.pending, self.pending_index, self.rows, self.waiting, self.ordered = [], [], 0, 0, True
 
     def flush_hist(self) -> None:
         """Count the buffered samples into the histograms."""
