@@ -9,10 +9,18 @@ mean of the two bare runs around it, and the table gives the medians over the re
 clock, and in brackets process CPU time, which the other jobs of a shared machine disturb less).
 Peak resident memory is measured in a fresh subprocess per N. With --default N, the same on the
 default model (EfficientNet-Lite0, 224 px) over N views of the bundled photos, batch 16.
+
+Each row also gives the minor page faults of a run (median). With glibc's default settings a
+small network's plain forward pass can fault in most of its memory at every batch (what it frees
+at the end of a batch goes back to the system); whether a pass with statistics does too depends
+on where its own buffers land, so the ratio then measures page faults as much as work.
+--no-trim runs the whole benchmark again in a process where glibc keeps freed memory
+(MALLOC_TRIM_THRESHOLD_ and MALLOC_MMAP_THRESHOLD_ set high), so that neither pass faults and the
+ratio is the work alone.
 Usage:
 
     python benchmarks/bench_examples.py [--sizes 2000 5000 10000 20000] [--repeats 5] [--batch 256]
-                                        [--default 64]
+                                        [--default 64] [--against REV] [--no-trim]
 """
 
 from __future__ import annotations
@@ -75,11 +83,12 @@ def timed(model: torch.nn.Module, n: int, batch: int, generality: bool, fn=None)
     return time.perf_counter() - t
 
 
-def clocks(fn) -> tuple[float, float]:
-    """(wall, process CPU) seconds of ``fn()``."""
+def clocks(fn) -> tuple[float, float, int]:
+    """(wall, process CPU) seconds of ``fn()`` and its minor page faults."""
+    f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     w, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - w, time.process_time() - c
+    return time.perf_counter() - w, time.process_time() - c, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f
 
 
 def interleaved(bare_fn, fns: dict, repeats: int) -> dict[str, float]:
@@ -95,9 +104,9 @@ def interleaved(bare_fn, fns: dict, repeats: int) -> dict[str, float]:
         got = {name: clocks(fn) for name, fn in fns.items()}
         b2 = clocks(bare_fn)
         b = [(x + y) / 2 for x, y in zip(b1, b2)]
-        row = {"bare": b[0]}
-        for name, (w, c) in got.items():
-            row.update({name: w, f"{name}/ratio": w / b[0], f"{name}/cpu": c / b[1]})
+        row = {"bare": b[0], "bare/faults": b[2]}
+        for name, (w, c, f) in got.items():
+            row.update({name: w, f"{name}/ratio": w / b[0], f"{name}/cpu": c / b[1], f"{name}/faults": f})
         rows.append(row)
     out = {key: statistics.median(r[key] for r in rows) for key in rows[0]}
     best_bare = min(r["bare"] for r in rows)
@@ -157,10 +166,11 @@ def default_model(n: int, repeats: int) -> None:
     clocks(bare_fn)  # warm-up
     m = interleaved(bare_fn, {"with": run(True), "without": run(False)}, repeats)
     print(f"\n# default model (EfficientNet-Lite0, 224 px), {n} views, batch 16, layers {layers}")
-    print("| N | bare forward (s) | top_examples (s) | ratio | without generality (s) | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| N | bare forward (s) | top_examples (s) | ratio | without generality (s) | ratio | page faults: bare, with, without |")
+    print("|---|---|---|---|---|---|---|")
     print(f"| {n} | {m['bare']:.2f} | {m['with']:.2f} | {m['with/ratio']:.2f}x ({m['with/cpu']:.2f}x) | "
-          f"{m['without']:.2f} | {m['without/ratio']:.2f}x ({m['without/cpu']:.2f}x) |", flush=True)
+          f"{m['without']:.2f} | {m['without/ratio']:.2f}x ({m['without/cpu']:.2f}x) | "
+          f"{m['bare/faults']:,.0f}, {m['with/faults']:,.0f}, {m['without/faults']:,.0f} |", flush=True)
 
 
 def main() -> None:
@@ -171,21 +181,27 @@ def main() -> None:
     ap.add_argument("--default", type=int, default=0, help="also the default model over this many views")
     ap.add_argument("--against", default=None, help="also time top_examples as of this git revision")
     ap.add_argument("--child", type=int, default=None)
+    ap.add_argument("--no-trim", action="store_true", help="run where glibc keeps freed memory (no page faults)")
     args = ap.parse_args()
     if args.child is not None:
         child(args.child, args.batch)
         return
+    if args.no_trim and os.environ.get("MALLOC_TRIM_THRESHOLD_") is None:
+        big = str(1 << 30)
+        env = dict(os.environ, MALLOC_TRIM_THRESHOLD_=big, MALLOC_MMAP_THRESHOLD_=big)
+        sys.exit(subprocess.run([sys.executable, *sys.argv], env=env).returncode)
     torch.set_num_threads(1)
     model = nv.digits_model()
     before = previous(args.against) if args.against else None
+    trim = "glibc keeps freed memory (--no-trim)" if os.environ.get("MALLOC_TRIM_THRESHOLD_") else "default glibc"
     print(f"# {cpu_name()}, 1 thread, torch {torch.__version__}, batch {args.batch}, k=9, layers {LAYERS}, "
-          f"{args.repeats} interleaved repeats, load average {os.getloadavg()[0]:.1f}")
+          f"{args.repeats} interleaved repeats, {trim}, load average {os.getloadavg()[0]:.1f}")
     print("# ratio: median over the repeats of the wall-clock ratio (process CPU time); best: fastest run "
           "against the fastest bare one")
     extra = f" | as of {args.against}: ratio, best | without generality" if before else ""
     print("| N | bare forward (s) | top_examples (s) | ratio (CPU) | best | without generality (s) | ratio (CPU) "
-          f"| best{extra} | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if before else "") + "---|")
+          f"| best{extra} | page faults: bare, with, without | peak RSS (MB) |")
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|" if before else "") + "---|---|")
     timed(model, 2000, args.batch, True)  # warm-up
     for n in args.sizes:
         fns = {"with": lambda n=n: timed(model, n, args.batch, True),
@@ -201,7 +217,8 @@ def main() -> None:
                f"{m['before0/best']:.2f}x |") if before is not None else ""
         print(f"| {n:,} | {m['bare']:.2f} | {m['with']:.2f} | {m['with/ratio']:.2f}x ({m['with/cpu']:.2f}x) | "
               f"{m['with/best']:.2f}x | {m['without']:.2f} | {m['without/ratio']:.2f}x ({m['without/cpu']:.2f}x) | "
-              f"{m['without/best']:.2f}x |{old} {rss:.0f} |", flush=True)
+              f"{m['without/best']:.2f}x |{old} {m['bare/faults']:,.0f}, {m['with/faults']:,.0f}, "
+              f"{m['without/faults']:,.0f} | {rss:.0f} |", flush=True)
     if args.default:
         default_model(args.default, max(2, args.repeats // 2))
     print(f"# load average at the end {os.getloadavg()[0]:.1f}")

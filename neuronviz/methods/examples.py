@@ -266,6 +266,20 @@ def _turns(positions: int, device: torch.device) -> torch.Tensor | None:
     return torch.arange(p, device=device) * -(-positions // HIST_POSITIONS) if p < positions else None
 
 
+def _merge_order(vals: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor | None, k: int, *,
+                 ordered: bool = False) -> torch.Tensor:
+    """(C, <= k) the columns of the k best of (C, n) candidates, in the order of :func:`_merge`.
+
+    ``pos`` may be None where ``ordered`` (it only breaks ties of a reordering).
+    """
+    if ordered:
+        return torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
+    assert pos is not None  # unordered candidates are put in (index, position) order first
+    key = idx * (pos.max().clamp_min(0) + 1) + pos if pos.numel() else idx
+    first = torch.argsort(key, dim=1, stable=True)
+    return first.gather(1, torch.argsort(vals.gather(1, first), dim=1, descending=True, stable=True)[:, :k])
+
+
 def _merge(vals: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor, k: int, *, ordered: bool = False
            ) -> tuple[torch.Tensor, ...]:
     """The k best of (C, n) candidates: larger value first, then smaller image index, then smaller position.
@@ -273,11 +287,7 @@ def _merge(vals: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor, k: int, *, 
     ``ordered``: the candidates are already in (image index, position) order where their values tie
     (kept entries, then a batch of larger indices in increasing order), so one stable sort suffices.
     """
-    if not ordered:
-        key = idx * (pos.max().clamp_min(0) + 1) + pos if pos.numel() else idx
-        order = torch.argsort(key, dim=1, stable=True)
-        vals, idx, pos = vals.gather(1, order), idx.gather(1, order), pos.gather(1, order)
-    order = torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
+    order = _merge_order(vals, idx, pos, k, ordered=ordered)
     return vals.gather(1, order), idx.gather(1, order), pos.gather(1, order)
 
 
@@ -372,7 +382,7 @@ class _Stream:
         # NaN ranks below everything, infinities as the largest and smallest floats (as nan_to_num does)
         v = torch.nan_to_num(stat, nan=-math.inf)
         if self.kth is None:
-            self._merge_dense(v, idx, self._positions(a), ordered)
+            self._merge_dense(v, idx, a, ordered)
         else:
             # ordered: a tie with the k-th comes from a larger index and loses; else it may win
             hit = v > self.kth if ordered else v >= self.kth
@@ -416,13 +426,30 @@ class _Stream:
         self.labelled = labels is not None
         self.filled += b
 
-    def _merge_dense(self, v: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor, ordered: bool) -> None:
-        """Merge a whole batch, (B, C) values and positions, while fewer than k are kept."""
-        v, ii, cp = v.t(), idx.unsqueeze(0).expand(v.shape[1], -1), pos.t()  # (C, B): contiguous sorts
-        if self.kept is not None:
-            kv, ki, kp = self.kept
-            v, ii, cp = torch.cat([kv, v], 1), torch.cat([ki, ii], 1), torch.cat([kp, cp], 1)
-        self.kept = _merge(v, ii, cp, self.k, ordered=ordered)
+    def _merge_dense(self, v: torch.Tensor, idx: torch.Tensor, a: torch.Tensor, ordered: bool) -> None:
+        """Merge a whole batch, (B, C) values of (B, C, P) maps, while fewer than k are kept.
+
+        In order, positions are found only for the batch's entries that are kept (positions
+        then break no tie: a channel has one entry per image).
+        """
+        b, c = v.shape
+        kept = self.kept if self.kept is not None else (v.new_empty((c, 0)), idx.new_empty((c, 0)),
+                                                         idx.new_empty((c, 0)))
+        m = kept[0].shape[1]
+        vv, ii = torch.cat([kept[0], v.t()], 1), torch.cat([kept[1], idx.unsqueeze(0).expand(c, -1)], 1)
+        if not ordered:
+            self.kept = _merge(vv, ii, torch.cat([kept[2], self._positions(a).t()], 1), self.k)
+        else:
+            order = _merge_order(vv, ii, None, self.k, ordered=True)
+            new = order >= m
+            pos = kept[2].gather(1, order.clamp_max(m - 1)) if m else torch.full_like(order, -1)
+            if self.by == "max":
+                # (row, channel) of each kept entry of the batch, as a row of the (B * C, P) maps
+                at = (order - m) * c + torch.arange(c, device=v.device).view(c, 1)
+                pos[new] = a.reshape(b * c, -1).index_select(0, at[new]).max(dim=1).indices
+            else:
+                pos[new] = -1
+            self.kept = vv.gather(1, order), ii.gather(1, order), pos
         if self.kept[0].shape[1] == self.k:
             self.kth = self.kept[0][:, -1].contiguous()
 
