@@ -266,6 +266,11 @@ def _turns(positions: int, device: torch.device) -> torch.Tensor | None:
     return torch.arange(p, device=device) * -(-positions // HIST_POSITIONS) if p < positions else None
 
 
+def _tie_key(idx: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """One integer per candidate in (image index, position) order."""
+    return idx * (pos.max().clamp_min(0) + 1) + pos if pos.numel() else idx
+
+
 def _merge_order(vals: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor | None, k: int, *,
                  ordered: bool = False) -> torch.Tensor:
     """(C, <= k) the columns of the k best of (C, n) candidates, in the order of :func:`_merge`.
@@ -275,8 +280,7 @@ def _merge_order(vals: torch.Tensor, idx: torch.Tensor, pos: torch.Tensor | None
     if ordered:
         return torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
     assert pos is not None  # unordered candidates are put in (index, position) order first
-    key = idx * (pos.max().clamp_min(0) + 1) + pos if pos.numel() else idx
-    first = torch.argsort(key, dim=1, stable=True)
+    first = torch.argsort(_tie_key(idx, pos), dim=1, stable=True)
     return first.gather(1, torch.argsort(vals.gather(1, first), dim=1, descending=True, stable=True)[:, :k])
 
 
@@ -306,7 +310,7 @@ def _amax(a: torch.Tensor) -> torch.Tensor:
     return a[..., 0]
 
 
-def _merge_flat(kept: tuple[torch.Tensor, ...], cand: list[tuple[torch.Tensor, ...]], k: int, *,
+def _merge_flat(kept: tuple[torch.Tensor, ...], cand: tuple[torch.Tensor, ...], k: int, *,
                 ordered: bool) -> tuple[torch.Tensor, ...]:
     """The k best per channel of (C, m >= k) kept entries and flat candidates, in the order of :func:`_merge`.
 
@@ -315,13 +319,12 @@ def _merge_flat(kept: tuple[torch.Tensor, ...], cand: list[tuple[torch.Tensor, .
     """
     kv, ki, kp = kept
     c, m = kv.shape
-    v = torch.cat([kv.flatten(), *(x[0] for x in cand)])
-    i = torch.cat([ki.flatten(), *(x[1] for x in cand)])
-    p = torch.cat([kp.flatten(), *(x[3] for x in cand)])
-    ch = torch.cat([torch.arange(c, device=kv.device).repeat_interleave(m), *(x[2] for x in cand)])
+    v, i = torch.cat([kv.flatten(), cand[0]]), torch.cat([ki.flatten(), cand[1]])
+    ch = torch.cat([torch.arange(c, device=kv.device).repeat_interleave(m), cand[2]])
+    p = torch.cat([kp.flatten(), cand[3]])
     # stable sorts, least significant key first: (image, position), then value down, then channel
-    orders = [] if ordered else [torch.argsort(i * (p.max().clamp_min(0) + 1) + p, stable=True)]
-    for order in orders:
+    if not ordered:
+        order = torch.argsort(_tie_key(i, p), stable=True)
         v, i, p, ch = v[order], i[order], p[order], ch[order]
     order = torch.argsort(v, descending=True, stable=True)
     order = order[torch.argsort(ch[order], stable=True)]
@@ -462,7 +465,7 @@ class _Stream:
             rows = at.div(c, rounding_mode="floor")
             cand = (torch.cat([p[0] for p in self.pending]), torch.cat(self.pending_index)[rows], at - rows * c,
                     torch.cat([p[2] for p in self.pending]))
-            self.kept = _merge_flat(self.kept, [cand], self.k, ordered=self.ordered)
+            self.kept = _merge_flat(self.kept, cand, self.k, ordered=self.ordered)
             self.kth = self.kept[0][:, -1].contiguous()
         self.pending, self.pending_index, self.rows, self.waiting, self.ordered = [], [], 0, 0, True
 
