@@ -8,7 +8,8 @@ relu3) with generality, without it, and the bare passes again; each ratio is tak
 mean of the two bare runs around it, and the table gives the medians over the repeats (wall
 clock, and in brackets process CPU time, which the other jobs of a shared machine disturb less).
 Peak resident memory is measured in a fresh subprocess per N. With --default N, the same on the
-default model (EfficientNet-Lite0, 224 px) over N views of the bundled photos, batch 16.
+default model (EfficientNet-Lite0, 224 px) over N views of the bundled photos, batch 16; with
+--resnet N, torchvision's resnet18 (random weights) over N views at 64 px, batch 64.
 
 Each row also gives the minor page faults of a run (median). With glibc's default settings a
 small network's plain forward pass can fault in most of its memory at every batch (what it frees
@@ -20,7 +21,7 @@ ratio is the work alone.
 Usage:
 
     python benchmarks/bench_examples.py [--sizes 2000 5000 10000 20000] [--repeats 5] [--batch 256]
-                                        [--default 64] [--against REV] [--no-trim]
+                                        [--default 64] [--resnet 2000] [--against REV] [--no-trim]
 """
 
 from __future__ import annotations
@@ -142,17 +143,13 @@ def child(n: int, batch: int) -> None:
     print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def default_model(n: int, repeats: int) -> None:
-    """The default model over n views of the bundled photos, batch 16, its two PCACE layers."""
-    from neuronviz.widgets.examples import demo_examples
-
-    model = nv.default_model()
-    per = max(1, -(-n // len(nv.sample_image_names())))
-    data = torch.utils.data.Subset(demo_examples(per_photo=per), range(n))
-    layers = ["blocks.10.expand.act", "blocks.15.depthwise.act"]
+def other_model(title: str, model: torch.nn.Module, data, layers: list[str], batch: int, repeats: int) -> None:
+    """Bare passes against top_examples on ``model`` over the Dataset ``data``, interleaved."""
+    n = len(data)
+    model.eval()  # as top_examples runs it (a training-mode BatchNorm would slow the bare passes)
 
     def batches():
-        return torch.utils.data.DataLoader(data, batch_size=16)
+        return torch.utils.data.DataLoader(data, batch_size=batch)
 
     def bare_fn():
         with torch.no_grad():
@@ -165,12 +162,40 @@ def default_model(n: int, repeats: int) -> None:
 
     clocks(bare_fn)  # warm-up
     m = interleaved(bare_fn, {"with": run(True), "without": run(False)}, repeats)
-    print(f"\n# default model (EfficientNet-Lite0, 224 px), {n} views, batch 16, layers {layers}")
-    print("| N | bare forward (s) | top_examples (s) | ratio | without generality (s) | ratio | page faults: bare, with, without |")
+    print(f"\n# {title}, {n} images, batch {batch}, layers {layers}")
+    print("| N | bare forward (s) | top_examples (s) | ratio | without generality (s) | ratio "
+          "| page faults: bare, with, without |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {n} | {m['bare']:.2f} | {m['with']:.2f} | {m['with/ratio']:.2f}x ({m['with/cpu']:.2f}x) | "
           f"{m['without']:.2f} | {m['without/ratio']:.2f}x ({m['without/cpu']:.2f}x) | "
           f"{m['bare/faults']:,.0f}, {m['with/faults']:,.0f}, {m['without/faults']:,.0f} |", flush=True)
+
+
+def views(n: int, size: int) -> torch.utils.data.Dataset:
+    """n views of the bundled photos, ``size`` px."""
+    from neuronviz.widgets.examples import demo_examples
+
+    per = max(1, -(-n // len(nv.sample_image_names())))
+    return torch.utils.data.Subset(demo_examples(per_photo=per, size=size), range(n))
+
+
+def default_model(n: int, repeats: int) -> None:
+    """The default model over n views of the bundled photos, batch 16, its two PCACE layers."""
+    other_model("default model (EfficientNet-Lite0, 224 px)", nv.default_model(), views(n, 224),
+                ["blocks.10.expand.act", "blocks.15.depthwise.act"], 16, repeats)
+
+
+def resnet(n: int, repeats: int) -> None:
+    """torchvision's ResNet-18 (seeded random weights) over n 64 px views, batch 64, its last two stages.
+
+    What follows them (pooling, the classifier), which top_examples does not run, is a negligible
+    share of the pass, so the ratio is the statistics' cost.
+    """
+    import torchvision
+
+    torch.manual_seed(0)
+    other_model("torchvision resnet18 (random weights, seed 0), 64 px", torchvision.models.resnet18(weights=None),
+                views(n, 64), ["layer3", "layer4"], 64, repeats)
 
 
 def main() -> None:
@@ -179,6 +204,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--default", type=int, default=0, help="also the default model over this many views")
+    ap.add_argument("--resnet", type=int, default=0, help="also torchvision's resnet18 over this many 64 px views")
     ap.add_argument("--against", default=None, help="also time top_examples as of this git revision")
     ap.add_argument("--child", type=int, default=None)
     ap.add_argument("--no-trim", action="store_true", help="run where glibc keeps freed memory (no page faults)")
@@ -221,6 +247,8 @@ def main() -> None:
               f"{m['without/faults']:,.0f} | {rss:.0f} |", flush=True)
     if args.default:
         default_model(args.default, max(2, args.repeats // 2))
+    if args.resnet:
+        resnet(args.resnet, max(2, args.repeats // 2))
     print(f"# load average at the end {os.getloadavg()[0]:.1f}")
 
 
