@@ -177,6 +177,26 @@ def test_the_top_and_bottom_grid_holds_the_ranked_channels_and_its_buttons_selec
     assert v.selected == (v.layer, scores.bottom(2)[-1])
 
 
+def test_the_grid_updates_its_widgets_in_place_and_rebuilds_only_for_another_width(net, images):
+    v = finished(net, images, top_k=2)
+    grid = v.top_bottom
+    buttons, cells = list(grid.grid.children[1].children), [list(r.children) for r in grid.grid.children[2:]]
+    first = cells[0][0].value
+    v.opacity.value = 0.0
+    other = [layer for layer in LAYERS if layer != v.layer][0]
+    v.layer = other
+    assert list(grid.grid.children[1].children) == buttons  # the same widgets, new values
+    assert [list(r.children) for r in grid.grid.children[2:]] == cells
+    assert cells[0][0].value != first
+    assert grid.columns == v.ranking[other].top(2) + v.ranking[other].bottom(2)
+    assert [b.description.split(" · ")[0] for b in buttons] == [f"ch {c}" for c in grid.columns]
+    assert other in buttons[0].tooltip and other in grid.grid.children[0].value
+    buttons[-1].click()  # selects the channel the column shows now
+    assert v.selected == (other, v.ranking[other].bottom(2)[-1])
+    v.top_k = 1
+    assert len(grid.grid.children[1].children) == 2 and buttons[0].comm is None  # rebuilt; the old ones closed
+
+
 def test_top_k_applies_at_once_without_a_run(net, images):
     v = finished(net, images, top_k=3)
     outcome = v.outcome

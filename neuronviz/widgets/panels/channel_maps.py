@@ -71,6 +71,9 @@ class TopBottomGrid:
         self.pictures = [resize(p, size) for p in pictures]
         self.columns: list[int] = []
         self._on_select: list[Callable[[int], None]] = []
+        self._buttons: list[W.Button] = []
+        self._cells: list[list[W.Image]] = []  # a row per picture
+        self._legend = W.HTML("")
         self.grid = W.VBox([])
         self.grid.add_class("nv-top-bottom")
         self.widget = W.VBox([W.HTML("<b>top and bottom channels</b> (the buttons select them)"), self.grid])
@@ -81,24 +84,38 @@ class TopBottomGrid:
 
     def show(self, layer: str, top: list[int], bottom: list[int], scores: torch.Tensor, maps: torch.Tensor,
              opacity: float) -> None:
-        """Columns ``top + bottom`` of ``layer`` (``scores`` (C,), ``maps`` (n, C, h, w)), blended at ``opacity``."""
+        """Columns ``top + bottom`` of ``layer`` (``scores`` (C,), ``maps`` (n, C, h, w)), blended at ``opacity``.
+
+        With as many columns as shown now, the buttons and cells are updated in place (an opacity
+        move or another layer sends new values, not a new grid of widgets).
+        """
         self.columns = list(top) + list(bottom)
-        buttons = []
-        for c in self.columns:
-            b = W.Button(description=f"ch {c} · {format_score('correlation', float(scores[c]))}",
-                         tooltip=f"select channel {c} of {layer}",
-                         layout=W.Layout(width=f"{self.size}px", padding="0px"),
-                         style={"button_color": "#dff0d8" if c in top else "#eeeeee", "font_size": "10px"})
+        if len(self._buttons) != len(self.columns):
+            self._build(len(self.columns))
+        for i, (b, c) in enumerate(zip(self._buttons, self.columns)):
+            b.description = f"ch {c} · {format_score('correlation', float(scores[c]))}"
+            b.tooltip = f"select channel {c} of {layer}"
+            b.style.button_color = "#dff0d8" if i < len(top) else "#eeeeee"
+        for row, pic, j in zip(self._cells, self.pictures, range(len(self._cells))):
+            for im, c in zip(row, self.columns):
+                im.value = thumb(pic, maps[j, c], opacity)
+        self._legend.value = (
+            f"<span style='font-size:11px'><span style='color:{TOP_COLOUR}'>■</span> top {len(top)} &nbsp; "
+            f"<span style='color:{BOTTOM_COLOUR}'>■</span> bottom {len(bottom)} of {html.escape(layer)}</span>")
+
+    def _build(self, n: int) -> None:
+        """A legend, a row of ``n`` buttons and a row of ``n`` cells per picture, replacing the old ones."""
+        self._buttons = []
+        for i in range(n):
+            b = W.Button(layout=W.Layout(width=f"{self.size}px", padding="0px"), style={"font_size": "10px"})
             b.add_class("nv-grid-channel")
-            b.on_click(lambda _b, c=c: self._clicked(c))
-            buttons.append(b)
-        rows = [W.HBox(buttons)]
-        for j, pic in enumerate(self.pictures):
-            rows.append(W.HBox([W.Image(format="png", value=thumb(pic, maps[j, c], opacity),
-                                        layout=W.Layout(width=f"{self.size}px")) for c in self.columns]))
-        legend = (f"<span style='font-size:11px'><span style='color:{TOP_COLOUR}'>■</span> top {len(top)} &nbsp; "
-                  f"<span style='color:{BOTTOM_COLOUR}'>■</span> bottom {len(bottom)} of {html.escape(layer)}</span>")
-        old, self.grid.children = self.grid.children, [W.HTML(legend), *rows]
+            b.on_click(lambda _b, i=i: self._clicked(self.columns[i]))
+            self._buttons.append(b)
+        self._cells = [[W.Image(format="png", layout=W.Layout(width=f"{self.size}px")) for _ in range(n)]
+                       for _ in self.pictures]
+        self._legend = W.HTML("")
+        old = self.grid.children
+        self.grid.children = [self._legend, W.HBox(self._buttons), *(W.HBox(row) for row in self._cells)]
         close_widgets(old)  # the replaced cells would stay registered with ipywidgets otherwise
 
     def _clicked(self, channel: int) -> None:
