@@ -401,7 +401,7 @@ def _settings_of(obj: Any) -> dict[str, Any]:
 
 
 def save(path: str | Path, obj: Any, *, model: nn.Module | None = None, settings: dict[str, Any] | None = None,
-         model_record: dict[str, str] | None = None) -> Path:
+         model_record: dict[str, str | None] | None = None) -> Path:
     """Write ``obj`` to ``path`` as npz with a JSON header (see the module's description).
 
     Parameters

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import ipywidgets as W
@@ -18,14 +19,18 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..core.errors import NeuronvizError
+from ..core.archive import archived
+from ..core.archive import read as read_archive
+from ..core.archive import save as save_archive
+from ..core.errors import NeuronvizError, NeuronvizTypeError
 from .colab import enable_colab_widgets
 from .explorer import NeuronExplorer
 from .inversion_view import InversionView
 from .pcace_view import PCACEView
 from .settings import Int
+from .view import SavedView
 
-__all__ = ["App", "Tab", "TABS", "app"]
+__all__ = ["App", "SavedApp", "Tab", "TABS", "app"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,27 @@ TABS: dict[str, Tab] = {
 }
 
 
+@archived("App")
+@dataclass
+class SavedApp:
+    """What :meth:`App.save` writes: a :class:`~neuronviz.widgets.view.SavedView` per tab that had
+    run, the app's image, its PCACE images (None: made from the photo when needed), the photo
+    (uint8 (H, W, 3), or None), ``n_images``, ``seed``, ``target``, the tab shown, and the model's
+    class and weights fingerprint.
+    """
+
+    tab: str
+    views: dict[str, SavedView]
+    image: torch.Tensor
+    images: torch.Tensor | None
+    photo: np.ndarray | None
+    n_images: int
+    seed: int
+    target: int | None
+    model_class: str
+    fingerprint: str | None
+
+
 class App(W.Tab):
     """The neuron explorer, PCACE and guided feature inversion of one model and image, as tabs.
 
@@ -78,6 +104,8 @@ class App(W.Tab):
         The images of the PCACE tab.
     wait(timeout=None)
         Block until every built view's run ended.
+    save(path), App.load(path, model=None)
+        The tabs that ran, in one file; loaded back without running the model.
     close()
         Stop every view's worker and close the widgets.
 
@@ -137,7 +165,9 @@ class App(W.Tab):
                                      "and a tab's options go in a dict under its name")
             if value is not None and not isinstance(value, dict):
                 raise NeuronvizError(f"{name}= must be a dict of keyword arguments of its view, got {value!r}")
-        self._photo = None
+        self._photo: Any = None
+        self._saved: dict[str, SavedView] = {}  # tabs restored from a file (App.load)
+        self._source: str | None = None
         if isinstance(image, (Image.Image, np.ndarray)):
             from ..data import preprocess
 
@@ -150,12 +180,21 @@ class App(W.Tab):
                 f"image must be a tensor as the model takes it, or a photo (PIL image or uint8 array), "
                 f"got {type(image).__name__}"
             )
+        self._setup(model, x, images, n_images, seed, target, {name: dict(options.get(name) or {}) for name in TABS})
+        self._build(self._names[0], raise_errors=True)  # the first tab: a bad argument fails here, at once
+        if not lazy:
+            for name in self._names[1:]:
+                self._build(name)
+
+    def _setup(self, model: nn.Module | None, x: torch.Tensor, images: torch.Tensor | None, n_images: int,
+               seed: int, target: int | None, options: dict[str, dict]) -> None:
+        """The tabs, empty until their views are built (``_photo`` and ``_saved`` are set before)."""
         super().__init__()
         enable_colab_widgets()
         self.add_class("nv-app")
         self.model, self.x, self._images = model, x, images
         self._n_images, self._seed, self._target = n_images, seed, target
-        self._options = {name: dict(options.get(name) or {}) for name in TABS}
+        self._options = options
         self._names = list(TABS)
         self._views: dict[str, Any] = {}
         self._errors: dict[str, BaseException] = {}
@@ -167,10 +206,6 @@ class App(W.Tab):
         self.titles = [tab.view.title for tab in TABS.values()]
         self.selected_index = 0
         self.observe(self._tab_changed, names="selected_index")
-        self._build(self._names[0], raise_errors=True)  # the first tab: a bad argument fails here, at once
-        if not lazy:
-            for name in self._names[1:]:
-                self._build(name)
 
     # ------------------------------------------------------------------ views
 
@@ -235,6 +270,91 @@ class App(W.Tab):
             slot.close()
         super().close()
 
+    # ------------------------------------------------------------------ saving and loading
+
+    def save(self, path: str | Path) -> Path:
+        """Save the app: each tab whose view finished a run (as :meth:`View.save` saves it), the image,
+        the PCACE images and the tab shown, in one file :meth:`load` restores.
+
+        Tabs not built or not run yet are left out (loaded with the model, they compute when
+        shown); so are the views' constructor options that are not settings (e.g. ``examples=``).
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The file, e.g. ``"app.nvz"``.
+
+        Returns
+        -------
+        pathlib.Path
+
+        Raises
+        ------
+        NeuronvizError
+            No tab has finished a run yet.
+        """
+        views = {name: view.saved_state() for name, view in self._views.items() if view.outcome is not None}
+        if not views:
+            raise NeuronvizError("nothing to save yet: no tab has finished a run (call app.wait() first)")
+        photo = self._photo
+        first = next(iter(views.values()))
+        state = SavedApp(
+            tab=self.tab, views=views, image=self.x, images=self._images,
+            photo=np.asarray(photo.convert("RGB")) if isinstance(photo, Image.Image) else photo,
+            n_images=self._n_images, seed=self._seed, target=self._target,
+            model_class=first.model_class, fingerprint=first.fingerprint,
+        )
+        record = {"class": state.model_class, "fingerprint": state.fingerprint}
+        return save_archive(path, state, settings={"tabs": list(views)}, model_record=record)
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | None = None) -> "App":
+        """An app saved with :meth:`save`: its saved tabs show their results without running the model.
+
+        Parameters
+        ----------
+        path : str or pathlib.Path
+            The file.
+        model : torch.nn.Module, optional
+            The model the file was made with (checked by weights fingerprint): the views can then
+            run again, and the tabs that were not saved compute when shown. Without it the saved
+            tabs show and export only, and the others say that they need the model.
+
+        Returns
+        -------
+        App
+
+        Raises
+        ------
+        NeuronvizError
+            The file is not a saved app, is damaged or from a newer version, or ``model``'s
+            weights fingerprint differs from the file's.
+        """
+        name = Path(path).name
+        state, header = read_archive(path)
+        if not isinstance(state, SavedApp):
+            kind = header.get("type")
+            hint = f"{state.view}.load(path)" if isinstance(state, SavedView) else "nv.load(path)"
+            raise NeuronvizError(f"{name} holds {'an' if str(kind)[:1] in 'AEIOU' else 'a'} {kind}, not a saved App; "
+                                 f"{hint} reads it")
+        unknown = sorted(set(state.views) - set(TABS))
+        if unknown:
+            raise NeuronvizError(f"{name} holds tabs {unknown} this neuronviz does not have; its tabs are {list(TABS)}")
+        if model is not None and not isinstance(model, nn.Module):
+            raise NeuronvizTypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
+        app = cls.__new__(cls)
+        app._photo, app._saved, app._source = state.photo, dict(state.views), name
+        app._setup(model, state.image, state.images, state.n_images, state.seed, state.target,
+                   {tab: {} for tab in TABS})
+        try:
+            for tab in state.views:  # restored now: a model with other weights is refused here
+                app._build(tab, raise_errors=True)
+        except BaseException:
+            app.close()
+            raise
+        app.tab = state.tab if state.tab in state.views or model is not None else next(iter(state.views))
+        return app
+
     # ------------------------------------------------------------------ internals
 
     def _tab_changed(self, change: dict) -> None:
@@ -256,7 +376,13 @@ class App(W.Tab):
         if tab.takes_target and self._target is not None:
             kwargs.setdefault("target", self._target)
         try:
-            view = tab.make(self, **kwargs)
+            if name in self._saved:
+                view = tab.view.from_state(self._saved[name], self.model, self._source)
+            elif self.model is None:
+                raise NeuronvizError(f"the {tab.view.title} tab was not saved in {self._source} (it had not run): "
+                                     "App.load(path, model=...) with the model it was made with computes it")
+            else:
+                view = tab.make(self, **kwargs)
         except Exception as err:  # noqa: BLE001 - shown in the tab; raised by the property that asked
             self._errors[name] = err
             _replace(slot, [_error_box(f"{tab.view.title} could not start: {type(err).__name__}: {err}")])

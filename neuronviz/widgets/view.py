@@ -730,6 +730,22 @@ class View(W.VBox):
         NeuronvizError
             No run has finished yet, or the result holds something that is not data.
         """
+        state = self.saved_state()
+        record = {"class": state.model_class, "fingerprint": state.fingerprint}
+        return save_archive(path, state, settings={"view": state.view, **state.run_settings}, model_record=record)
+
+    def saved_state(self) -> SavedView:
+        """What :meth:`save` writes, as a record (an :class:`~neuronviz.App` file holds one per tab).
+
+        Returns
+        -------
+        SavedView
+
+        Raises
+        ------
+        NeuronvizError
+            No run has finished yet.
+        """
         with self.lock:
             outcome = self.outcome
             if outcome is None:
@@ -749,8 +765,7 @@ class View(W.VBox):
         # the weights are read outside the view's lock: a run holds the model, never changes its weights
         state.fingerprint = (weights_fingerprint(self.model) if self.model is not None
                              else None if self._loaded_from is None else self._loaded_from[2])
-        record = {"class": state.model_class, "fingerprint": state.fingerprint}
-        return save_archive(path, state, settings={"view": state.view, **state.run_settings}, model_record=record)
+        return state
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | None = None) -> "View":
@@ -779,7 +794,34 @@ class View(W.VBox):
         name = Path(path).name
         state, header = read_archive(path)
         if not isinstance(state, SavedView):
-            raise NeuronvizError(f"{name} holds a {header.get('type')}, not a saved view; nv.load(path) reads it")
+            kind = header.get("type")
+            hint = "nv.App.load(path)" if kind == "App" else "nv.load(path)"
+            raise NeuronvizError(f"{name} holds {'an' if str(kind)[:1] in 'AEIOU' else 'a'} {kind}, not a saved view; "
+                                 f"{hint} reads it")
+        return cls.from_state(state, model, name)
+
+    @classmethod
+    def from_state(cls, state: SavedView, model: nn.Module | None = None, name: str = "a saved view") -> "View":
+        """The view of a record of :meth:`saved_state`, as :meth:`load` makes it from a file.
+
+        Parameters
+        ----------
+        state : SavedView
+            The record.
+        model : torch.nn.Module, optional
+            As for :meth:`load`.
+        name : str
+            Where the record came from, for messages.
+
+        Returns
+        -------
+        View
+
+        Raises
+        ------
+        NeuronvizError
+            As :meth:`load`.
+        """
         found = _view_class(state.view)
         if found is None:
             raise NeuronvizError(f"{name} holds a saved {state.view}, a view this neuronviz does not have")

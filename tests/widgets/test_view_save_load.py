@@ -166,7 +166,7 @@ def test_the_file_must_hold_a_view_of_the_class_asked_for(tmp_path):
     w = View.load(path)  # the base loads any saved view
     assert type(w) is InversionView
     v.result.save(tmp_path / "result.nvz")
-    with pytest.raises(nv.NeuronvizError, match="holds a InversionResult, not a saved view"):
+    with pytest.raises(nv.NeuronvizError, match="holds an InversionResult, not a saved view"):
         InversionView.load(tmp_path / "result.nvz")
     assert isinstance(nv.load(path), nv.widgets.view.SavedView)  # nv.load gives the record
     v.close()
