@@ -8,6 +8,7 @@ import torch
 from deep_equal import same
 from explorer_nets import gated_cnn, image
 from PIL import Image
+from test_view_save_load import Passes
 from torch import nn
 
 import neuronviz as nv
@@ -24,20 +25,6 @@ OPTIONS = {
 
 def image_set(n: int = 40) -> torch.Tensor:
     return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-
-
-class Passes:
-    """Counts forward passes of a model while in the block."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model, self.n = model, 0
-
-    def __enter__(self) -> "Passes":
-        self._h = self.model.register_forward_pre_hook(lambda *_: setattr(self, "n", self.n + 1))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._h.remove()
 
 
 def ran_app(net: nn.Module) -> App:
