@@ -29,7 +29,8 @@ RANDOM_COLOUR = "#7f7f7f"
 _CYCLE = ["#17becf", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22"]
 
 
-def _colour(name: str, i: int) -> str:
+def ranking_colour(name: str, i: int) -> str:
+    """The colour of ranking ``name`` (the ``i``-th of its panel), the same in the figures and the pages."""
     return RANKING_COLOURS.get(name, _CYCLE[i % len(_CYCLE)])
 
 
@@ -87,7 +88,7 @@ def draw_curves(ax: Axes, curves: FaithfulnessCurves, group: str | None = None, 
             ax.plot(c.fraction, c.values / scale, color=RANDOM_COLOUR, ls="--", lw=1.5,
                     label=f"random x{len(c.aucs)} (AUC {c.auc:.2f}, {a_lo:.2f}-{a_hi:.2f})")
         else:
-            ax.plot(c.fraction, c.values / scale, color=_colour(c.ranking, i), marker="o", ms=3, lw=1.8,
+            ax.plot(c.fraction, c.values / scale, color=ranking_colour(c.ranking, i), marker="o", ms=3, lw=1.8,
                     label=f"{c.ranking} (AUC {c.auc:.2f})")
     total = shown[0].total
     what = f"{total} steps" if unit == "pixels" else f"k / {total}"

@@ -34,10 +34,12 @@ import torch
 from PIL import Image
 
 from ..core.errors import NeuronvizError, NeuronvizTypeError
+from ..methods.faithfulness import FaithfulnessCurves
 from ..methods.inversion import InversionResult
 from ..methods.pcace import LayerRanking
 from ..methods.resampling import NeuronScores, overlap
 from .explorer import _LUT, BOTH_COLOUR, ExplorerView, cell_box, layer_colour, pearson, strongest_cell
+from .faithfulness import RANDOM_COLOUR, ranking_colour
 from .figure import check_display_image, class_label
 from .formatting import format_score
 from .maps import upsample_map
@@ -256,6 +258,109 @@ def _mini_scatter(a: np.ndarray, o: np.ndarray, colour: str, output: str) -> str
     return "".join(parts)
 
 
+def curves_svg(curves: FaithfulnessCurves, group: str | None = None, *, title: str | None = None) -> str:
+    """One group's deletion or insertion curves as an SVG, as :func:`~neuronviz.render.faithfulness.draw_curves`
+    draws them: ``o / o(x)`` against the share knocked out, each ranking a line with its AUC,
+    random as its mean (dashed) and 5-95 % band.
+
+    Parameters
+    ----------
+    curves : FaithfulnessCurves
+        From :func:`neuronviz.deletion_curve` or :func:`neuronviz.mask_deletion_curve`.
+    group : str, optional
+        The layer (or "all layers", "pixels"); default the first.
+    title : str, optional
+        The heading (default the group).
+
+    Returns
+    -------
+    str
+
+    Raises
+    ------
+    NeuronvizError
+        No such group.
+    """
+    group = curves.groups[0] if group is None and curves.groups else group
+    shown = [c for c in curves.curves if c.group == group]
+    if not shown:
+        raise NeuronvizError(f"no curve of group {group!r}; the curves have {curves.groups}")
+    scale = curves.original if curves.original else 1.0
+    w, left, right, top, bottom = 300, 44, 10, 20, 30
+    ph, pw = 150, w - left - right
+    h = top + ph + bottom + 14 * len(shown)
+    # (colour, dashed, x, y, band or None, legend)
+    lines: list[tuple[str, bool, np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None, str]] = []
+    for i, c in enumerate(shown):
+        x, y = np.asarray(c.fraction, float), np.asarray(c.values, float) / scale
+        if c.is_random:
+            lo, hi = (np.asarray(v, float) / scale for v in c.band())
+            a_lo, a_hi = c.auc_band()
+            n = 0 if c.aucs is None else len(c.aucs)
+            lines.append((RANDOM_COLOUR, True, x, y, (lo, hi), f"random x{n} (AUC {c.auc:.2f}, {a_lo:.2f}-{a_hi:.2f})"))
+        else:
+            lines.append((ranking_colour(c.ranking, i), False, x, y, None, f"{c.ranking} (AUC {c.auc:.2f})"))
+    ys = np.concatenate([v for *_, y, band, _l in lines for v in ([y] if band is None else [y, *band])])
+    ys = ys[np.isfinite(ys)]
+    y0, y1 = (float(ys.min()), float(ys.max())) if ys.size else (0.0, 1.0)
+    y0, y1 = min(y0, 0.0), max(y1, 1.0)
+    pad = 0.05 * (y1 - y0)
+    y0, y1 = y0 - pad, y1 + pad
+
+    def px(v: np.ndarray) -> np.ndarray:
+        return left + np.clip(v, 0.0, 1.0) * pw
+
+    def py(v: np.ndarray) -> np.ndarray:
+        return top + ph - (v - y0) / (y1 - y0) * ph
+
+    def path(xs: np.ndarray, vs: np.ndarray) -> str:
+        ok = np.isfinite(vs)
+        return " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px(xs[ok]).tolist(), py(vs[ok]).tolist()))
+
+    unit = "pixels" if curves.unit == "pixels" else "neurons"
+    verb = {"deletion": "removed" if unit == "pixels" else "knocked out",
+            "insertion": "inserted" if unit == "pixels" else "kept"}.get(curves.mode, curves.mode)
+    head = title if title is not None else str(group)
+    parts = [f"<svg class='nv-mini nv-curves' data-mode='{_esc(curves.mode)}' data-group='{_esc(group)}' width='{w}' "
+             f"height='{h}' viewBox='0 0 {w} {h}'>",
+             f"<text x='{left}' y='12'>{_esc(head)}</text>",
+             f"<line class='nv-axis' x1='{left}' y1='{top + ph}' x2='{left + pw}' y2='{top + ph}'/>",
+             f"<line class='nv-axis' x1='{left}' y1='{top}' x2='{left}' y2='{top + ph}'/>",
+             f"<text x='{left + pw / 2:.0f}' y='{top + ph + 26}' text-anchor='middle'>share of {unit} {verb}</text>",
+             f"<text transform='translate(10 {top + ph / 2:.0f}) rotate(-90)' text-anchor='middle'>"
+             "output / o(x)</text>"]
+    for t in _nice_ticks(0.0, 1.0, 4):
+        parts.append(f"<text x='{float(px(np.array(t))):.0f}' y='{top + ph + 11}' text-anchor='middle'>{t:g}</text>")
+    for t in _nice_ticks(y0, y1, 4):
+        yy = float(py(np.array(t)))
+        parts.append(f"<line x1='{left}' y1='{yy:.1f}' x2='{left + pw}' y2='{yy:.1f}' stroke='#eee'/>"
+                     f"<text x='{left - 3}' y='{yy + 3:.0f}' text-anchor='end'>{_tick_text(t)}</text>")
+    for colour, dashed, x, y, band, label in lines:
+        if band is not None:
+            ok = np.isfinite(band[0]) & np.isfinite(band[1])
+            ring = path(x[ok], band[1][ok]) + " " + path(x[ok][::-1], band[0][ok][::-1])
+            parts.append(f"<polygon class='nv-band' points='{ring}' fill='{colour}' fill-opacity='0.25'/>")
+        dash = " stroke-dasharray='5 3'" if dashed else ""
+        parts.append(f"<polyline class='nv-curve' data-label='{_esc(label)}' points='{path(x, y)}' fill='none' "
+                     f"stroke='{colour}' stroke-width='1.8'{dash}/>")
+    for i, (colour, dashed, *_rest, label) in enumerate(lines):
+        yy = top + ph + bottom + 14 * i + 8
+        dash = " stroke-dasharray='5 3'" if dashed else ""
+        parts.append(f"<line x1='{left}' y1='{yy - 3}' x2='{left + 18}' y2='{yy - 3}' stroke='{colour}' "
+                     f"stroke-width='2'{dash}/><text x='{left + 24}' y='{yy}'>{_esc(label)}</text>")
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _curves_section(curves: Sequence[FaithfulnessCurves | None], what: str, extra: str = "") -> str:
+    """A panel of every group's curves, below ``extra`` (HTML); empty without either."""
+    svgs = [curves_svg(c, g, title=f"{c.mode} · {g}") for c in curves if c is not None for g in c.groups]
+    if not svgs and not extra:
+        return ""
+    return (f"<div class='nv-row'><section class='nv-panel nv-curves-panel'><h2>{_esc(what)}</h2>{extra}"
+            f"<div class='nv-row'>{''.join(svgs)}</div></section></div>")
+
+
 # ---------------------------------------------------------------------------------------------
 # the explorer
 
@@ -471,6 +576,11 @@ def explorer_page(view: ExplorerView, *, settings: Sequence[tuple[str, object]] 
     legend += (f"<br>black edge: top {k} by correlation · diamond: top {k} by precision · "
                f"<span style='color:{BOTH_COLOUR}'>red ring</span>: both · ∞: infinite precision{hidden}")
     opacity = min(1.0, max(0.0, float(view.opacity)))
+    knocked = ""
+    if view.knockout is not None:
+        what, before, after = view.knockout
+        knocked = (f"<p class='nv-knockout'>knock-out of {_esc(what)}: the output goes from <b>{before:.4g}</b> to "
+                   f"<b>{after:.4g}</b></p>")
     body = (
         "<div class='nv-row'>"
         "<section class='nv-panel nv-overlay-panel'><h2 id='nv-title'>the image</h2>"
@@ -486,6 +596,7 @@ def explorer_page(view: ExplorerView, *, settings: Sequence[tuple[str, object]] 
         f"<div class='nv-row'><section class='nv-panel'><h2>selections</h2>"
         f"{_explorer_lists(scores, k, top_c, top_p, texts)}</section>"
         f"<section class='nv-panel'><h2>settings</h2>{_settings_table(settings)}</section></div>"
+        f"{_curves_section([view.curves], 'knock-out and deletion curves', knocked)}"
     )
     target = class_label(scores.target, view.n_classes)
     seed = f", seed {scores.seed}" if scores.perturbation is not None else ""
@@ -565,7 +676,8 @@ def _channel_bars(layer: str, scores: Any, top: list[int], bottom: list[int], te
 def pcace_page(ranking: LayerRanking, maps: dict[str, torch.Tensor], pictures: np.ndarray | Sequence[np.ndarray], *,
                selected: tuple[str, int] | None = None, k: int | None = None,
                settings: Sequence[tuple[str, object]] = (), title: str = "PCACE", model_name: str | None = None,
-               n_classes: int | None = None, opacity: float = 0.6) -> str:
+               n_classes: int | None = None, opacity: float = 0.6,
+               curves: FaithfulnessCurves | None = None) -> str:
     """A PCACE ranking as one interactive HTML page.
 
     The layer ranking (each layer's mean top-``k`` score as a bar, its best channel as a
@@ -597,6 +709,9 @@ def pcace_page(ranking: LayerRanking, maps: dict[str, torch.Tensor], pictures: n
         The model's number of classes (1000 names the ImageNet class).
     opacity : float
         Initial opacity of the maps.
+    curves : FaithfulnessCurves, optional
+        Deletion curves (e.g. of the shown layer's PCACE ranking against random ones), drawn
+        below.
 
     Returns
     -------
@@ -682,6 +797,7 @@ def pcace_page(ranking: LayerRanking, maps: dict[str, torch.Tensor], pictures: n
         "data-out='nv-opacity-value'> <span id='nv-opacity-value'></span></div><div id='nv-numbers'></div>"
         "<div id='nv-note' class='nv-small'></div><div id='nv-extra'></div><div id='nv-hover' class='nv-small'></div>"
         f"</section><section class='nv-panel'><h2>settings</h2>{_settings_table(settings)}</section></div>"
+        f"{_curves_section([curves], 'deletion curves')}"
     )
     first = ranking.layers[names[0]]
     target = class_label(first.target, n_classes)
@@ -744,7 +860,8 @@ def _loss_svg(stage1: np.ndarray, stage2: np.ndarray) -> str:
 
 def inversion_page(result: InversionResult, pictures: Sequence[np.ndarray], *,
                    categories: Sequence[str] | None = None, settings: Sequence[tuple[str, object]] = (),
-                   title: str = "Guided feature inversion", model_name: str | None = None, opacity: float = 0.6) -> str:
+                   title: str = "Guided feature inversion", model_name: str | None = None, opacity: float = 0.6,
+                   curves: FaithfulnessCurves | Sequence[FaithfulnessCurves] | None = None) -> str:
     """A guided feature inversion as one HTML page: each image, its stage-1 and stage-2 masks, the losses.
 
     The masks are laid over the image as drawn (no rescaling: a faint mask looks faint) with
@@ -768,6 +885,9 @@ def inversion_page(result: InversionResult, pictures: Sequence[np.ndarray], *,
         The model's class name, for the heading.
     opacity : float
         Initial opacity of the masks.
+    curves : FaithfulnessCurves or sequence of them, optional
+        The mask's deletion and insertion curves (:func:`neuronviz.mask_deletion_curve`), drawn
+        below.
 
     Returns
     -------
@@ -811,9 +931,11 @@ def inversion_page(result: InversionResult, pictures: Sequence[np.ndarray], *,
         losses = _loss_svg(result.losses["stage1"][b].numpy(), result.losses["stage2"][b].numpy())
         rows.append(f"<div class='nv-row'><section class='nv-panel nv-row'>{''.join(cells)}</section>"
                     f"<section class='nv-panel'>{losses}<div class='nv-small'>{info}</div></section></div>")
+    several = [] if curves is None else [curves] if isinstance(curves, FaithfulnessCurves) else list(curves)
     body = (f"<div class='nv-small'>mask opacity <input type='range' class='nv-opacity' min='0' max='1' step='0.05' "
             f"value='{min(1.0, max(0.0, float(opacity))):.2f}' data-target='.nv-heat' data-out='nv-opacity-value'> "
             f"<span id='nv-opacity-value'></span></div>{''.join(rows)}"
+            f"{_curves_section(several, 'deletion and insertion curves of the stage-2 mask')}"
             f"<section class='nv-panel'><h2>settings</h2>{_settings_table(settings)}</section>")
     who = f"{_esc(model_name)} · " if model_name else ""
     subtitle = (f"{who}stage 1 keeps what reproduces the image's features at "

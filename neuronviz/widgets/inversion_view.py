@@ -381,7 +381,7 @@ class InversionView(View):
         """Both masks over the image and the losses as one HTML page (:func:`neuronviz.render.html.inversion_page`)."""
         return inversion_page(record["result"], record["pictures"], categories=record["categories"],
                               settings=self.page_settings(), model_name=self.model_name,
-                              opacity=float(self.stage2.opacity.value))
+                              opacity=float(self.stage2.opacity.value), curves=record["curves"])
 
     def static_png(self) -> bytes | None:
         """The figure of the result, or the plain picture before the first run."""

@@ -471,7 +471,7 @@ class PCACEView(View):
         return pcace_page(record.ranking, record.layer_maps or {record.layer: record.maps}, record.pictures,
                           selected=(record.layer, record.channel) if record.channel is not None else None,
                           k=record.k, settings=self.page_settings(), model_name=self.model_name,
-                          n_classes=record.n_classes, opacity=float(self.opacity.value))
+                          n_classes=record.n_classes, opacity=float(self.opacity.value), curves=record.curves)
 
     def export_options(self) -> dict[str, Any]:
         """The part chosen beside the Export button."""
