@@ -246,3 +246,51 @@ def test_the_demo_explorer_page_is_under_3_mb(tmp_path, record_property, capsys)
     assert size < 3 * 1024 * 1024
     tags, data = parse(path.read_text(encoding="utf-8"))
     assert len(data["entries"]) <= 2 * 5 * len(w.scores.layers) + 1
+
+
+def test_with_bootstrap_replicates_the_page_draws_the_intervals_and_rank_intervals():
+    from neuronviz.render.explorer import INTERVAL_LEVEL, ExplorerView
+    from neuronviz.render.html import explorer_page as make_page
+
+    net, x = tiny_cnn(), _image()
+    scores = nv.score_neurons(net, x, LAYERS, n_samples=24, bootstrap=32, keep_channel_means=True)
+    k = 2
+    view = ExplorerView(scores=scores, maps={}, image=np.zeros((16, 16, 3)), selected=None, k=k)
+    page = make_page(view)
+    tags, _ = parse(page)
+    points = {a["data-key"]: a for t, a in tags if t == "circle" and "nv-pt" in a.get("class", "")}
+    whiskers = [a for t, a in tags if t == "line" and a.get("class") == "nv-whisker"]
+    top_c, top_p = scores.top("correlation", k), scores.top("precision", k)
+    chosen = {f"{la}|{c}" for la in LAYERS for c in [*top_c[la], *top_p[la]]}
+    assert whiskers and {w["data-of"] for w in whiskers} <= chosen
+    # the points' x is an affine map of the correlation; the horizontal whiskers use the same map
+    keys = list(points)
+    corr = np.array([float(scores.correlation[k_.split("|")[0]][int(k_.split("|")[1])]) for k_ in keys])
+    cx = np.array([float(points[k_]["cx"]) for k_ in keys])
+    slope, offset = np.polyfit(corr, cx, 1)
+    assert np.allclose(cx, slope * corr + offset, atol=0.06)
+    interval = scores.interval("correlation", INTERVAL_LEVEL)
+    axis = next(a for t, a in tags if t == "line" and a.get("class") == "nv-axis")  # the x axis: the plot's width
+    x_min, x_max = float(axis["x1"]), float(axis["x2"])
+    horizontal = [w for w in whiskers if w["y1"] == w["y2"]]
+    assert horizontal
+    for w in horizontal:
+        layer, c = w["data-of"].split("|")
+        lo, hi = interval[layer]
+        assert float(w["x1"]) == pytest.approx(max(slope * float(lo[int(c)]) + offset, x_min), abs=0.15)
+        assert float(w["x2"]) == pytest.approx(min(slope * float(hi[int(c)]) + offset, x_max), abs=0.15)
+        assert float(w["y1"]) == pytest.approx(float(points[w["data-of"]]["cy"]), abs=0.06)
+    # each list entry carries its rank interval, and ≈ where tied with the (k+1)-th
+    for metric, chosen_m in (("correlation", top_c), ("precision", top_p)):
+        ranks, ties = scores.rank_interval(metric, INTERVAL_LEVEL), scores.tied(metric, k, INTERVAL_LEVEL)
+        for layer in LAYERS:
+            r_lo, r_hi = ranks[layer]
+            for c, tied in zip(chosen_m[layer], ties[layer]):
+                text = f"{'≈ ' if tied else ''}#{r_lo[c]:.0f}–{r_hi[c]:.0f}</span>"
+                assert text in page, (metric, layer, c, text)
+    assert "whiskers: 90% bootstrap intervals of the top 2 (32 replicates)" in page
+    # without replicates: none of it
+    plain = nv.score_neurons(net, x, LAYERS, n_samples=24, keep_channel_means=True)
+    assert plain.replicates is None
+    page = make_page(ExplorerView(scores=plain, maps={}, image=np.zeros((16, 16, 3)), selected=None, k=k))
+    assert "nv-whisker" not in page and "nv-rank" not in page and "bootstrap intervals" not in page

@@ -38,7 +38,18 @@ from ..methods.faithfulness import FaithfulnessCurves
 from ..methods.inversion import InversionResult
 from ..methods.pcace import LayerRanking
 from ..methods.resampling import NeuronScores, overlap
-from .explorer import _LUT, BOTH_COLOUR, ExplorerView, cell_box, layer_colour, pearson, strongest_cell
+from .explorer import (
+    _LUT,
+    BOTH_COLOUR,
+    INTERVAL_LEVEL,
+    TIED_COLOUR,
+    WHISKER_COLOUR,
+    ExplorerView,
+    cell_box,
+    layer_colour,
+    pearson,
+    strongest_cell,
+)
 from .faithfulness import RANDOM_COLOUR, ranking_colour
 from .figure import check_display_image, class_label
 from .formatting import format_score
@@ -461,24 +472,65 @@ def _explorer_scatter(scores: NeuronScores, top_c: dict[str, list], top_p: dict[
             point = (f"<circle class='{cls}' cx='{x:.1f}' cy='{y:.1f}'{r}{extra} fill='{colour}' data-key='{key}' "
                      f"data-label='{label}'><title>{_esc(texts[layer][c])}</title></circle>")
             (marked if c in tc or c in tp else plain).append(point)
-    out += plain + marks + marked + rings
+    whiskers = _whiskers(scores, top_c, top_p, px, py, (left, left + pw), (top, top + ph)) if scores.replicates else []
+    out += plain + whiskers + marks + marked + rings
     out.append("<circle id='nv-ring' r='12' fill='none' stroke='#000' stroke-width='2' style='display:none'/></svg>")
     return "".join(out), n_points, n_hidden
+
+
+def _whiskers(scores: NeuronScores, top_c: dict[str, list], top_p: dict[str, list], px: Any, py: Any,
+              cols: tuple[float, float], rows: tuple[float, float]) -> list[str]:
+    """SVG lines of the bootstrap intervals of every neuron in either top-k, as the figure draws them.
+
+    Horizontal: the correlation interval; vertical: the precision interval (an infinite upper
+    bound reaching the top; none where the lower bound is not positive); both clipped to the
+    plot, ``cols`` and ``rows`` its x and y extent in pixels. A whisker names its neuron in
+    ``data-of``, not ``data-key``: the page script takes the first ``data-key`` element as the
+    neuron's point.
+    """
+    iv = {m: scores.interval(m, INTERVAL_LEVEL) for m in ("correlation", "precision")}
+    out = []
+    for layer in scores.layers:
+        (c_lo, c_hi), (p_lo, p_hi) = iv["correlation"][layer], iv["precision"][layer]
+        for c in dict.fromkeys(top_c[layer] + top_p[layer]):
+            x, p = float(scores.correlation[layer][c]), float(scores.precision[layer][c])
+            if math.isnan(x) or math.isnan(p) or not p > 0:
+                continue  # not drawn on the scatter
+            cx, cy = px(x), py(p)
+            lo, hi = float(c_lo[c]), float(c_hi[c])
+            if math.isfinite(lo) and math.isfinite(hi):
+                x_lo, x_hi = max(px(lo), cols[0]), min(px(hi), cols[1])
+                out.append(f"<line class='nv-whisker' data-of='{_esc(f'{layer}|{c}')}' x1='{x_lo:.1f}' "
+                           f"y1='{cy:.1f}' x2='{x_hi:.1f}' y2='{cy:.1f}' stroke='{WHISKER_COLOUR}'/>")
+            lo, hi = float(p_lo[c]), float(p_hi[c])
+            if math.isfinite(p) and math.isfinite(lo) and lo > 0 and not math.isnan(hi):
+                y_lo, y_hi = min(py(lo), rows[1]), max(py(hi), rows[0])
+                out.append(f"<line class='nv-whisker' data-of='{_esc(f'{layer}|{c}')}' x1='{cx:.1f}' "
+                           f"y1='{y_lo:.1f}' x2='{cx:.1f}' y2='{y_hi:.1f}' stroke='{WHISKER_COLOUR}'/>")
+    return out
 
 
 def _explorer_lists(scores: NeuronScores, k: int, top_c: dict[str, list], top_p: dict[str, list],
                     texts: dict[str, list[str]]) -> str:
     rows = []
+    intervals = {m: (scores.rank_interval(m, INTERVAL_LEVEL), scores.tied(m, k, INTERVAL_LEVEL))
+                 for m in ("correlation", "precision")} if scores.replicates else {}
     for i, layer in enumerate(scores.layers):
         both = set(top_c[layer]) & set(top_p[layer])
         cells = []
         for metric, chosen in (("correlation", top_c[layer]), ("precision", top_p[layer])):
             values = scores.metric(metric)[layer]
+            notes = [""] * len(chosen)
+            if metric in intervals:
+                (r_lo, r_hi), ties = intervals[metric][0][layer], intervals[metric][1][layer]
+                notes = [f" <span class='nv-rank{' nv-tied' if tied else ''}' style='color:"
+                         f"{TIED_COLOUR if tied else '#595959'}'>{'≈ ' if tied else ''}#{r_lo[c]:.0f}–{r_hi[c]:.0f}"
+                         "</span>" for c, tied in zip(chosen, ties)]
             items = "".join(
                 f"<button class='nv-item{' nv-both' if c in both else ''}' data-key='{_esc(f'{layer}|{c}')}' "
                 f"data-label='{_esc(f'{layer} · channel {c}')}' title='{_esc(texts[layer][c])}'>"
-                f"ch {c} · {_esc(format_score(metric, float(values[c])))}</button>"
-                for c in chosen
+                f"ch {c} · {_esc(format_score(metric, float(values[c])))}{note}</button>"
+                for c, note in zip(chosen, notes)
             ) or "<span class='nv-small'>no valid neuron</span>"
             cells.append(f"<td>{items}</td>")
         swatch = f"<span class='nv-swatch' style='background:{layer_colour(i)}'></span>"
@@ -575,6 +627,10 @@ def explorer_page(view: ExplorerView, *, settings: Sequence[tuple[str, object]] 
     hidden = f" · {n_hidden} channel(s) with a NaN score not shown" if n_hidden else ""
     legend += (f"<br>black edge: top {k} by correlation · diamond: top {k} by precision · "
                f"<span style='color:{BOTH_COLOUR}'>red ring</span>: both · ∞: infinite precision{hidden}")
+    if scores.replicates:
+        n_boot = next(iter(scores.replicates["correlation"].values())).shape[0]
+        legend += (f"<br>whiskers: {INTERVAL_LEVEL:.0%} bootstrap intervals of the top {k} ({n_boot} replicates) · "
+                   f"in the lists, #: {INTERVAL_LEVEL:.0%} rank interval, ≈: tied with #{k + 1}")
     opacity = min(1.0, max(0.0, float(view.opacity)))
     knocked = ""
     if view.knockout is not None:
