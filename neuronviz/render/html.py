@@ -314,8 +314,8 @@ def curves_svg(curves: FaithfulnessCurves, group: str | None = None, *, title: s
     ys = np.concatenate([v for *_, y, band, _l in lines for v in ([y] if band is None else [y, *band])])
     ys = ys[np.isfinite(ys)]
     y0, y1 = (float(ys.min()), float(ys.max())) if ys.size else (0.0, 1.0)
-    y0, y1 = min(y0, 0.0), max(y1, 1.0)
-    pad = 0.05 * (y1 - y0)
+    y0, y1 = min(y0, 1.0), max(y1, 1.0)  # o(x) itself always shows, as in the figure's autoscaled axes
+    pad = 0.05 * (y1 - y0) if y1 > y0 else 0.05
     y0, y1 = y0 - pad, y1 + pad
 
     def px(v: np.ndarray) -> np.ndarray:
