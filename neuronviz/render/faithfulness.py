@@ -39,6 +39,23 @@ def curves_label(curves: FaithfulnessCurves, group: str) -> str:
     return f"faithfulness:{curves.mode}:{group}"
 
 
+def group_of(curves: FaithfulnessCurves, group: str | None) -> tuple[str | None, list]:
+    """``group`` (default the first) and its curves; raises :class:`NeuronvizError` when it has none."""
+    group = curves.groups[0] if group is None and curves.groups else group
+    shown = [c for c in curves.curves if c.group == group]
+    if not shown:
+        raise NeuronvizError(f"no curve of group {group!r}; the curves have {curves.groups}")
+    return group, shown
+
+
+def x_words(curves: FaithfulnessCurves) -> tuple[str, str]:
+    """What the x axis counts and what happens to it: ``("neurons", "knocked out")``, ``("pixels", "removed")``..."""
+    unit = "pixels" if curves.unit == "pixels" else "neurons"
+    verb = {"deletion": "removed" if unit == "pixels" else "knocked out",
+            "insertion": "inserted" if unit == "pixels" else "kept"}[curves.mode]
+    return unit, verb
+
+
 def draw_curves(ax: Axes, curves: FaithfulnessCurves, group: str | None = None, *, relative: bool = True,
                 title: str | None = None, legend: bool = True) -> Axes:
     """Draw one group's curves on ``ax``: every ranking, random as its mean and 5-95 % band, AUCs in the legend.
@@ -70,14 +87,9 @@ def draw_curves(ax: Axes, curves: FaithfulnessCurves, group: str | None = None, 
     NeuronvizError
         No such group.
     """
-    group = curves.groups[0] if group is None and curves.groups else group
-    shown = [c for c in curves.curves if c.group == group]
-    if not shown:
-        raise NeuronvizError(f"no curve of group {group!r}; the curves have {curves.groups}")
+    group, shown = group_of(curves, group)
     scale = curves.original if relative and curves.original else 1.0
-    unit = "pixels" if curves.unit == "pixels" else "neurons"
-    verb = {"deletion": "removed" if unit == "pixels" else "knocked out",
-            "insertion": "inserted" if unit == "pixels" else "kept"}[curves.mode]
+    unit, verb = x_words(curves)
     ax.set_label(curves_label(curves, str(group)))
     for i, c in enumerate(shown):
         if c.is_random:

@@ -50,7 +50,7 @@ from .explorer import (
     pearson,
     strongest_cell,
 )
-from .faithfulness import RANDOM_COLOUR, ranking_colour
+from .faithfulness import RANDOM_COLOUR, group_of, ranking_colour, x_words
 from .figure import check_display_image, class_label
 from .formatting import format_score
 from .maps import upsample_map
@@ -292,10 +292,7 @@ def curves_svg(curves: FaithfulnessCurves, group: str | None = None, *, title: s
     NeuronvizError
         No such group.
     """
-    group = curves.groups[0] if group is None and curves.groups else group
-    shown = [c for c in curves.curves if c.group == group]
-    if not shown:
-        raise NeuronvizError(f"no curve of group {group!r}; the curves have {curves.groups}")
+    group, shown = group_of(curves, group)
     scale = curves.original if curves.original else 1.0
     w, left, right, top, bottom = 300, 44, 10, 20, 30
     ph, pw = 150, w - left - right
@@ -328,9 +325,7 @@ def curves_svg(curves: FaithfulnessCurves, group: str | None = None, *, title: s
         ok = np.isfinite(vs)
         return " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(px(xs[ok]).tolist(), py(vs[ok]).tolist()))
 
-    unit = "pixels" if curves.unit == "pixels" else "neurons"
-    verb = {"deletion": "removed" if unit == "pixels" else "knocked out",
-            "insertion": "inserted" if unit == "pixels" else "kept"}.get(curves.mode, curves.mode)
+    unit, verb = x_words(curves)
     head = title if title is not None else str(group)
     parts = [f"<svg class='nv-mini nv-curves' data-mode='{_esc(curves.mode)}' data-group='{_esc(group)}' width='{w}' "
              f"height='{h}' viewBox='0 0 {w} {h}'>",

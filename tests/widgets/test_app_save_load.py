@@ -8,6 +8,7 @@ import torch
 from deep_equal import same
 from explorer_nets import gated_cnn, image
 from PIL import Image
+from test_app import OPTIONS, image_set
 from test_view_save_load import Passes
 from torch import nn
 
@@ -15,16 +16,6 @@ import neuronviz as nv
 from neuronviz.core.archive import read_header
 from neuronviz.widgets import App, NeuronExplorer, PCACEView
 from neuronviz.widgets.app import SavedApp
-
-OPTIONS = {
-    "explorer": {"n_samples": 6},
-    "pcace": {"layers": ["conv2"]},
-    "inversion": {"stage1_steps": 2, "stage2_steps": 2},
-}
-
-
-def image_set(n: int = 40) -> torch.Tensor:
-    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 
 
 def ran_app(net: nn.Module) -> App:

@@ -96,7 +96,7 @@ class TopBottomGrid:
             b.description = f"ch {c} · {format_score('correlation', float(scores[c]))}"
             b.tooltip = f"select channel {c} of {layer}"
             b.style.button_color = "#dff0d8" if i < len(top) else "#eeeeee"
-        for row, pic, j in zip(self._cells, self.pictures, range(len(self._cells))):
+        for j, (row, pic) in enumerate(zip(self._cells, self.pictures)):
             for im, c in zip(row, self.columns):
                 im.value = thumb(pic, maps[j, c], opacity)
         self._legend.value = (
